@@ -1,0 +1,61 @@
+"""bitstream-diffusion: CoBit continuous bitstream diffusion language models (arXiv 2605.07013) for Hugging Face.
+
+Importing the package registers `SDTConfig`/`SDTModel` with transformers' `AutoConfig`/`AutoModel` (model type
+`"bitstream_sdt"`). The heavier components (scheduler, pipeline, training, evaluation) load on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY_ATTRIBUTES: dict[str, str] = {
+    "SDTConfig": "bitstream_diffusion.modeling.configuration_sdt",
+    "SDT_PRESETS": "bitstream_diffusion.modeling.configuration_sdt",
+    "SDTModel": "bitstream_diffusion.modeling.modeling_sdt",
+    "SDTOutput": "bitstream_diffusion.modeling.modeling_sdt",
+    "EntropyRateScheduler": "bitstream_diffusion.schedulers.scheduling_entropy_rate",
+    "BitstreamDiffusionPipeline": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
+    "BitstreamDiffusionPipelineOutput": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
+}
+
+__all__ = ["__version__", *_LAZY_ATTRIBUTES]
+
+if TYPE_CHECKING:
+    from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
+    from .modeling.modeling_sdt import SDTModel, SDTOutput
+    from .pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline, BitstreamDiffusionPipelineOutput
+    from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bitstream_diffusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+
+
+def _register_with_transformers() -> None:
+    """Make `AutoConfig`/`AutoModel` (and saved folders' `auto_map`) resolve the SDT."""
+    from transformers import AutoConfig, AutoModel
+
+    from .modeling.configuration_sdt import SDTConfig
+    from .modeling.modeling_sdt import SDTModel
+
+    try:
+        AutoConfig.register(SDTConfig.model_type, SDTConfig)
+        AutoModel.register(SDTConfig, SDTModel)
+    except ValueError:  # already registered (e.g. the package was reloaded)
+        pass
+    SDTConfig.register_for_auto_class()
+    SDTModel.register_for_auto_class("AutoModel")
+
+
+_register_with_transformers()
