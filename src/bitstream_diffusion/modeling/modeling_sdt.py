@@ -154,6 +154,7 @@ class SDTAdaLNZero(nn.Module):
         super().__init__()
         self.eps = eps
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
+        self.mlp[1]._sdt_init = "zeros"
 
     def forward(self, hidden_states: torch.Tensor, conditioning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`hidden_states [B, n, d]`, `conditioning [B, d]` -> modulated `[B, n, d]` and gate `[B, 1, d]`."""
@@ -277,6 +278,7 @@ class SDTBitHead(nn.Module):
         skip_dim = config.num_content_channels * config.content_dim
         self.patch_adapter = nn.Linear(config.hidden_size, config.bits_per_token * hidden)
         self.input_adapter = nn.Linear(config.content_dim + skip_dim, hidden)
+        self.patch_adapter._sdt_init = self.input_adapter._sdt_init = "xavier"
         self.time_proj = nn.Linear(config.hidden_size, hidden)
         self.adaln = SDTAdaLNZero(hidden, config.layer_norm_eps)
         self.mixer = nn.Sequential(
@@ -310,23 +312,21 @@ class SDTPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The official initialisation (REFERENCE_TRAINING §2.3): N(0, 0.02) linears with zero bias, Xavier-uniform
-        head adapters, zero adaLN layers (the network output is exactly 0 at init), and the sigma-embedding table.
+        head adapters, zero adaLN layers (so the network output is exactly 0 at init), and the sigma-embedding table.
 
-        transformers visits children before parents, so the adaLN and head rules override the generic Linear rule."""
-        std = self.config.initializer_range
-        if isinstance(module, SDTAdaLNZero):
-            init.zeros_(module.mlp[1].weight)
-            init.zeros_(module.mlp[1].bias)
-        elif isinstance(module, SDTBitHead):
-            for adapter in (module.patch_adapter, module.input_adapter):
-                init.xavier_uniform_(adapter.weight)
-                init.zeros_(adapter.bias)
-        elif isinstance(module, SDTSigmaEmbedding):
-            init.copy_(module._freq, SDTSigmaEmbedding.frequencies(module._freq.shape[-1]))
-        elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
+        A linear layer names its rule in `_sdt_init` (set by the module that owns it); the default is "normal"."""
+        if isinstance(module, nn.Linear):
+            rule = getattr(module, "_sdt_init", "normal")
+            if rule == "zeros":
+                init.zeros_(module.weight)
+            elif rule == "xavier":
+                init.xavier_uniform_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, SDTSigmaEmbedding):
+            init.copy_(module._freq, SDTSigmaEmbedding.frequencies(module._freq.shape[-1]))
 
 
 class SDTModel(SDTPreTrainedModel):
