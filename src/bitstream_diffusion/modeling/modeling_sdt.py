@@ -381,9 +381,10 @@ class SDTModel(SDTPreTrainedModel):
             config = SDTConfig.from_official_config(config, **config_overrides)
         elif config_overrides:
             config = SDTConfig(**{**config.to_dict(), **config_overrides})
-        model = cls(config)
+        with torch.device("meta"):  # no random init and no second copy of the weights
+            model = cls(config)
         check_state_dict_matches(model.state_dict(), checkpoint.state_dict, source=str(checkpoint_path))
-        model.load_state_dict(checkpoint.state_dict, strict=True)
+        model.load_state_dict(checkpoint.state_dict, strict=True, assign=True)
         return model.eval()
 
     # ------------------------------------------------------------------------------------------- preconditioning
