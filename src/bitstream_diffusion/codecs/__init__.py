@@ -1,0 +1,100 @@
+"""Bit codecs: token ids <-> MSB-first bits, the LM1B and OWT text recipes, and the OWT second-stage code tokenizer.
+
+``TextBitCodec`` is the one object the pipeline and training use; the modules below it hold each recipe:
+
+* :mod:`.bits`: ids <-> bits for any width, the invalid-id policy;
+* :mod:`.lm1b`: bert-base-uncased packing into 128-token rows and the LM1B decode;
+* :mod:`.owt`: the OWT flat GPT-2 stream and its 1024-token windows;
+* :mod:`.code_tokenizer`: the ``gpt2id_bpe16`` code tokenizer (train, load, save, encode, decode);
+* :mod:`.text_codec`: texts <-> ids <-> bits for the ``"lm1b"``, ``"owt"`` and ``"generic"`` layouts.
+"""
+
+from .bits import (
+    INVALID_ID_POLICIES,
+    InvalidIdPolicy,
+    apply_invalid_id_policy,
+    binarize_bits,
+    bits_for_vocab,
+    bits_to_ids,
+    check_bits_per_token,
+    filter_invalid_ids,
+    ids_to_bits,
+    token_to_bits_table,
+)
+from .code_tokenizer import (
+    CODE_SPECIAL_TOKENS,
+    DEFAULT_BASE_CHAR_OFFSET,
+    DEFAULT_CODE_VOCAB_SIZE,
+    CodeTokenizer,
+    CodeTokenizerMeta,
+    fit_code_row,
+    gpt2_ids_to_pua,
+    pua_to_gpt2_ids,
+)
+from .lm1b import (
+    LM1B_BITS_PER_TOKEN,
+    LM1B_SEQUENCE_LENGTH,
+    LM1B_VAL_FRACTION,
+    LM1B_VOCAB_SIZE,
+    LM1BPacking,
+    chunk_token_stream,
+    decode_lm1b_ids,
+    lm1b_split_ranges,
+    lm1b_token_stream,
+    pack_lm1b_lines,
+)
+from .owt import (
+    GPT2_EOS_TOKEN_ID,
+    GPT2_VOCAB_SIZE,
+    OWT_BASE_SEQUENCE_LENGTH,
+    OWTFlatStream,
+    build_owt_flat_stream,
+    normalize_owt_text,
+    num_owt_windows,
+    owt_window,
+    owt_windows,
+)
+from .text_codec import CODEC_LAYOUTS, CodecLayout, TextBitCodec
+
+__all__ = [
+    "CODEC_LAYOUTS",
+    "CODE_SPECIAL_TOKENS",
+    "DEFAULT_BASE_CHAR_OFFSET",
+    "DEFAULT_CODE_VOCAB_SIZE",
+    "GPT2_EOS_TOKEN_ID",
+    "GPT2_VOCAB_SIZE",
+    "INVALID_ID_POLICIES",
+    "LM1B_BITS_PER_TOKEN",
+    "LM1B_SEQUENCE_LENGTH",
+    "LM1B_VAL_FRACTION",
+    "LM1B_VOCAB_SIZE",
+    "OWT_BASE_SEQUENCE_LENGTH",
+    "CodeTokenizer",
+    "CodeTokenizerMeta",
+    "CodecLayout",
+    "InvalidIdPolicy",
+    "LM1BPacking",
+    "OWTFlatStream",
+    "TextBitCodec",
+    "apply_invalid_id_policy",
+    "binarize_bits",
+    "bits_for_vocab",
+    "bits_to_ids",
+    "build_owt_flat_stream",
+    "check_bits_per_token",
+    "chunk_token_stream",
+    "decode_lm1b_ids",
+    "filter_invalid_ids",
+    "fit_code_row",
+    "gpt2_ids_to_pua",
+    "ids_to_bits",
+    "lm1b_split_ranges",
+    "lm1b_token_stream",
+    "normalize_owt_text",
+    "num_owt_windows",
+    "owt_window",
+    "owt_windows",
+    "pack_lm1b_lines",
+    "pua_to_gpt2_ids",
+    "token_to_bits_table",
+]
