@@ -1,7 +1,7 @@
 """bitstream-diffusion: CoBit continuous bitstream diffusion language models (arXiv 2605.07013) for Hugging Face.
 
 Importing the package registers `SDTConfig`/`SDTModel` with transformers' `AutoConfig`/`AutoModel` (model type
-`"bitstream_sdt"`). The heavier components (scheduler, pipeline, training, evaluation) load on first access.
+`"bitstream_sdt"`). The other components (scheduler, pipeline, codecs, training, evaluation) load on first access.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "EntropyRateScheduler": "bitstream_diffusion.schedulers.scheduling_entropy_rate",
     "BitstreamDiffusionPipeline": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
     "BitstreamDiffusionPipelineOutput": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
+    "TextBitCodec": "bitstream_diffusion.codecs.text_codec",
+    "CodeTokenizer": "bitstream_diffusion.codecs.code_tokenizer",
 }
 
 __all__ = ["__version__", *_LAZY_ATTRIBUTES]
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
     from .modeling.modeling_sdt import SDTModel, SDTOutput
     from .pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline, BitstreamDiffusionPipelineOutput
+    from .codecs.code_tokenizer import CodeTokenizer
+    from .codecs.text_codec import TextBitCodec
     from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 
@@ -42,20 +46,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
 
-def _register_with_transformers() -> None:
-    """Make `AutoConfig`/`AutoModel` (and saved folders' `auto_map`) resolve the SDT."""
-    from transformers import AutoConfig, AutoModel
-
-    from .modeling.configuration_sdt import SDTConfig
-    from .modeling.modeling_sdt import SDTModel
-
-    try:
-        AutoConfig.register(SDTConfig.model_type, SDTConfig)
-        AutoModel.register(SDTConfig, SDTModel)
-    except ValueError:  # already registered (e.g. the package was reloaded)
-        pass
-    SDTConfig.register_for_auto_class()
-    SDTModel.register_for_auto_class("AutoModel")
-
-
-_register_with_transformers()
+# Registering with AutoConfig/AutoModel needs the modeling code (torch + transformers, a few seconds). An import
+# hook that defers it until transformers' auto classes load was tried and breaks on some import orders
+# (e.g. `from transformers import pipeline`), so the registration is done eagerly and robustly here.
+importlib.import_module("bitstream_diffusion.modeling")
