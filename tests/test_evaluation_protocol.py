@@ -1,0 +1,445 @@
+"""The paper's evaluation protocol command (``bitstream_diffusion.evaluation.run_protocol``) on a tiny pipeline.
+
+A random-weight SDT (adaLN layers randomised, so the network output is far from the bare matched filter) with the
+official LM1B entropy table and the real BERT tokenizer, 8 tokens per sample; the golden tiny GPT-2 scores the texts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitstream_diffusion.evaluation.run_protocol import (
+    RESULT_COLUMNS,
+    SUMMARY_COLUMNS,
+    build_reference,
+    fingerprint_folder,
+    main,
+    read_reference_texts,
+)
+from bitstream_diffusion.evaluation.sampler_specs import SamplerSpec, sample_seed
+
+SPECS = ("gamma=0.2,nfe=6", "gamma=0.3,steps=5")
+SEEDS = (0, 1)
+NUM_SAMPLES = 4
+BATCH_SIZE = 2
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+def _tiny_pipeline(entropy_tables_dir, seed: int = 0):
+    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
+    from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer
+
+    torch.manual_seed(seed)
+    config = SDTConfig(
+        bits_per_token=15,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        content_dim=16,
+        head_hidden_size=16,
+        max_position_embeddings=8,
+        dropout=0.0,
+    )
+    model = SDTModel(config).eval()
+    with torch.no_grad():  # adaLN-Zero (and other zero-initialised) weights get random values
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.5)
+    scheduler = EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b")
+    return BitstreamDiffusionPipeline(
+        model=model,
+        scheduler=scheduler,
+        tokenizer=load_bert_uncased_tokenizer(),
+        codec_layout="lm1b",
+        codec_num_tokens=8,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_accelerate_state():
+    """The protocol sets up accelerate's process state (CPU here); leave none behind for other test modules."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory, entropy_tables_dir) -> Path:
+    folder = tmp_path_factory.mktemp("protocol") / "tiny-pipeline"
+    _tiny_pipeline(entropy_tables_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(pipeline_dir):
+    from bitstream_diffusion import BitstreamDiffusionPipeline
+
+    pipe = BitstreamDiffusionPipeline.from_pretrained(pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def reference_file(tmp_path_factory, wiki_summaries) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "reference.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in wiki_summaries[:40]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluator_dir(golden_dir) -> Path:
+    return golden_dir / "genppl" / "tiny_gpt2"
+
+
+def _argv(
+    pipeline_dir, output_dir, evaluator_dir, reference_file=None, *, specs=SPECS, seeds=SEEDS, batch_size=BATCH_SIZE
+):
+    argv = ["--pipeline", str(pipeline_dir)]
+    for spec in specs:
+        argv += ["--spec", spec]
+    argv += ["--num-samples", str(NUM_SAMPLES), "--seeds", *map(str, seeds), "--batch-size", str(batch_size)]
+    argv += ["--evaluator", str(evaluator_dir), "--evaluator-dtype", "float32", "--device", "cpu"]
+    argv += ["--output-dir", str(output_dir)]
+    if reference_file is not None:
+        argv += ["--reference-texts", str(reference_file)]
+    return argv
+
+
+class _CallCounter:
+    """Counts pipeline calls (generated batches) while installed."""
+
+    def __init__(self, monkeypatch):
+        from bitstream_diffusion import BitstreamDiffusionPipeline
+
+        self.calls = 0
+        original = BitstreamDiffusionPipeline.__call__
+
+        def counted(pipe, *args, **kwargs):
+            self.calls += 1
+            return original(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(BitstreamDiffusionPipeline, "__call__", counted)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, pipeline_dir, evaluator_dir, reference_file):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counter = _CallCounter(monkeypatch)
+        assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file)) == 0
+    return output_dir, counter.calls
+
+
+# ---------------------------------------------------------------------------------------------------- specs
+
+
+def test_spec_notations_resolve_to_the_paper_sampler():
+    from bitstream_diffusion import EntropyRateScheduler
+
+    config = {"solver": "euler", "self_conditioning": "carry"}
+    paper = SamplerSpec.parse("gamma=0.2,nfe=256").resolve(config)
+    assert paper.num_inference_steps == 255 and paper.expected_nfe == 255
+    assert paper.gamma_per_step == EntropyRateScheduler.gamma_from_paper(0.2, 256)
+    assert paper.label == "gamma=0.2,nfe=256"
+    assert paper.key == "gamma=0.2,nfe=256,solver=euler,self_conditioning=carry"
+    assert paper.scheduler_overrides(config) == {}
+
+    direct = SamplerSpec.parse(" gamma=0.20 , steps=255 ").resolve(config)
+    assert (direct.num_inference_steps, direct.gamma_per_step, direct.label) == (255, 0.2, "gamma=0.2,steps=255")
+
+    heun = SamplerSpec.parse("gamma=0.2,nfe=256,solver=heun,sc=refined").resolve(config)
+    # The most levels whose calls (one more per step for Heun, one more for refined SC) stay within nfe - 1 = 255.
+    assert heun.num_inference_steps == 85 and heun.expected_nfe == 85 + 2 * 84 == 253
+    assert heun.gamma_per_step == pytest.approx(0.2 * 255 / 84)  # S_churn = gamma * (nfe - 1) over the levels
+    assert heun.scheduler_overrides(config) == {"solver": "heun", "self_conditioning": "refined"}
+    assert heun.label == "gamma=0.2,nfe=256,solver=heun,self_conditioning=refined"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("gamma=0.2", "exactly one of"),
+        ("gamma=0.2,nfe=256,steps=255", "exactly one of"),
+        ("nfe=256", "no gamma"),
+        ("gamma=0.2,nfe=256,eta=0.6", "Unknown spec key"),
+        ("gamma=0.2,nfe=256,nfe=128", "given twice"),
+        ("gamma=abc,nfe=256", "Bad number"),
+        ("gamma=-1,steps=10", ">= 0"),
+        ("gamma=0.2,nfe=2", ">= 3"),
+        ("gamma=0.2,steps=10,solver=dpm", "solver"),
+        ("gamma=0.2 nfe=256", "Bad number"),
+        ("gamma0.2,nfe=256", "Malformed"),
+    ],
+)
+def test_bad_specs_are_rejected(text, message):
+    with pytest.raises(ValueError, match=message):
+        SamplerSpec.parse(text)
+
+
+def test_sample_seed_is_the_official_formula_per_sample():
+    import zlib
+
+    key = "gamma=0.2,nfe=256,solver=euler,self_conditioning=carry"
+    crc = zlib.crc32(key.encode())
+    assert sample_seed(3, key, 17) == (3 * 1_000_003 + crc * 10_007 + 17) % (2**63 - 1)
+    assert sample_seed(3, key, 17) != sample_seed(3, key + "x", 17)
+
+
+# ---------------------------------------------------------------------------------------------------- one run
+
+
+def test_protocol_writes_the_stated_files_and_columns(first_run, pipe):
+    from bitstream_diffusion import EntropyRateScheduler
+
+    output_dir, calls = first_run
+    num_batches = NUM_SAMPLES // BATCH_SIZE
+    assert calls == len(SPECS) * len(SEEDS) * num_batches
+    for name in ("results.jsonl", "results.csv", "summary.json", "summary.csv", "summary.md", "samples.jsonl",
+                 "reference.jsonl"):
+        assert (output_dir / name).is_file(), name
+    assert (output_dir / "genppl_vs_entropy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = _read_jsonl(output_dir / "results.jsonl")
+    header, csv_rows = _read_csv(output_dir / "results.csv")
+    assert header == list(RESULT_COLUMNS) and all(list(row) == list(RESULT_COLUMNS) for row in rows)
+    stated = {"seed", "gamma", "num_inference_steps", "nfe", "gen_ppl", "entropy", "wall_time_s", "samples_per_s"}
+    assert stated <= set(header)
+    assert [(r["spec"], r["seed"]) for r in rows] == [(s, seed) for s in SPECS for seed in SEEDS]
+    assert [(r["spec"], int(r["seed"])) for r in csv_rows] == [(r["spec"], r["seed"]) for r in rows]
+    for row, csv_row in zip(rows, csv_rows, strict=True):
+        assert float(csv_row["gen_ppl"]) == row["gen_ppl"] and float(csv_row["entropy"]) == row["entropy"]
+        assert row["num_inference_steps"] == 5 and row["nfe"] == 5  # nfe=6 in the paper's notation is 5 calls
+        assert row["num_samples"] == NUM_SAMPLES and row["num_batches"] == num_batches and row["cached_batches"] == 0
+        assert row["num_processes"] == 1 and row["wall_time_s"] > 0 and row["samples_per_s"] > 0
+        assert 1 < row["gen_ppl"] < float("inf") and row["entropy"] > 0
+    paper_row = rows[0]
+    assert paper_row["paper_nfe"] == 6 and paper_row["gamma_per_step"] == EntropyRateScheduler.gamma_from_paper(0.2, 6)
+    assert rows[-1]["paper_nfe"] is None and rows[-1]["gamma_per_step"] == 0.3
+
+    summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))["summary"]
+    summary_header, _ = _read_csv(output_dir / "summary.csv")
+    assert summary_header == list(SUMMARY_COLUMNS)
+    assert [s["spec"] for s in summary] == [*SPECS, "reference"]
+    for entry in summary[:-1]:
+        spec_rows = [r for r in rows if r["spec"] == entry["spec"]]
+        assert entry["num_seeds"] == len(SEEDS) and entry["nfe"] == 5
+        assert entry["gen_ppl_mean"] == pytest.approx(statistics.fmean(r["gen_ppl"] for r in spec_rows))
+        assert entry["gen_ppl_std"] == pytest.approx(statistics.stdev(r["gen_ppl"] for r in spec_rows))
+        assert entry["entropy_mean"] == pytest.approx(statistics.fmean(r["entropy"] for r in spec_rows))
+    reference = summary[-1]
+    assert reference["num_samples"] == NUM_SAMPLES and reference["gen_ppl_mean"] > 1 and reference["entropy_mean"] > 0
+    assert "| reference |" in (output_dir / "summary.md").read_text(encoding="utf-8")
+
+    samples = _read_jsonl(output_dir / "samples.jsonl")
+    assert len(samples) == len(SPECS) * len(SEEDS) * NUM_SAMPLES
+    assert len({s["text"] for s in samples}) == len(samples)  # every sample has its own noise
+
+
+def test_numbers_are_the_library_metrics_of_the_samples(first_run, evaluator_dir):
+    """GenPPL from the GenPPL scorer over the row's texts, entropy from the codec's ids of the cached token ids."""
+    from bitstream_diffusion import BitstreamDiffusionPipeline
+    from bitstream_diffusion.evaluation import GenPPLScorer, token_entropy
+
+    output_dir, _ = first_run
+    rows = _read_jsonl(output_dir / "results.jsonl")
+    samples = _read_jsonl(output_dir / "samples.jsonl")
+    scorer = GenPPLScorer(evaluator_dir, dtype="float32", device="cpu")
+    row = rows[1]
+    texts = [s["text"] for s in samples if (s["spec"], s["seed"]) == (row["spec"], row["seed"])]
+    assert scorer.score_texts(texts, batch_size=16).gen_ppl == pytest.approx(row["gen_ppl"], rel=1e-6)
+
+    cache_files = sorted((output_dir / "cache").glob(f"*/seed-{row['seed']}/*.json"))
+    records = [json.loads(p.read_text()) for p in cache_files]
+    records = [r for r in records if r["key"]["spec_key"] == row["spec_key"]]
+    records.sort(key=lambda r: r["key"]["start"])
+    assert [t for r in records for t in r["texts"]] == texts
+    codec = BitstreamDiffusionPipeline.from_pretrained(row["pipeline"]).codec
+    ids = [i for r in records for i in r["token_ids"]]
+    assert token_entropy(codec.ids_for_token_entropy(ids))[0] == pytest.approx(row["entropy"], rel=1e-6)
+
+
+def test_a_sample_depends_only_on_seed_spec_and_index(first_run, pipe):
+    """Sample 3 of (seed 1, spec 0), generated alone with its own generator, is the protocol's sample."""
+    output_dir, _ = first_run
+    samples = _read_jsonl(output_dir / "samples.jsonl")
+    sample = next(s for s in samples if (s["spec"], s["seed"], s["index"]) == (SPECS[0], 1, 3))
+    spec = SamplerSpec.parse(SPECS[0]).resolve(pipe.scheduler.config)
+    assert sample["sample_seed"] == sample_seed(1, spec.key, 3)
+    out = pipe(
+        batch_size=1,
+        num_inference_steps=spec.num_inference_steps,
+        gamma=spec.gamma_per_step,
+        generator=[torch.Generator().manual_seed(sample["sample_seed"])],
+    )
+    assert out.texts == [sample["text"]]
+
+
+def test_rerun_skips_cached_batches(first_run, pipeline_dir, evaluator_dir, reference_file, monkeypatch):
+    output_dir, _ = first_run
+    cache_files = sorted((output_dir / "cache").rglob("*.json"))
+    assert len(cache_files) == len(SPECS) * len(SEEDS) * NUM_SAMPLES // BATCH_SIZE
+    stamps = {p: p.stat().st_mtime_ns for p in cache_files}
+    before = _read_jsonl(output_dir / "results.jsonl")
+    counter = _CallCounter(monkeypatch)
+
+    assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file)) == 0
+    assert counter.calls == 0
+    assert {p: p.stat().st_mtime_ns for p in sorted((output_dir / "cache").rglob("*.json"))} == stamps
+    after = _read_jsonl(output_dir / "results.jsonl")
+    for old, new in zip(before, after, strict=True):
+        assert new["cached_batches"] == new["num_batches"]
+        for column in ("gen_ppl", "entropy", "nfe", "wall_time_s", "num_scored_tokens"):
+            assert new[column] == old[column], column
+
+
+def test_other_batch_boundaries_give_the_same_samples(first_run, pipeline_dir, evaluator_dir, tmp_path, monkeypatch):
+    output_dir, _ = first_run
+    counter = _CallCounter(monkeypatch)
+    assert main(_argv(pipeline_dir, tmp_path, evaluator_dir, specs=SPECS[:1], seeds=(1,), batch_size=3)) == 0
+    assert counter.calls == 2  # samples [0, 3) and [3, 4)
+    expected = [s["text"] for s in _read_jsonl(output_dir / "samples.jsonl") if (s["spec"], s["seed"]) == (SPECS[0], 1)]
+    assert [s["text"] for s in _read_jsonl(tmp_path / "samples.jsonl")] == expected
+    assert not (tmp_path / "reference.jsonl").exists()
+    assert [s["spec"] for s in json.loads((tmp_path / "summary.json").read_text())["summary"]] == [SPECS[0]]
+
+
+def test_a_changed_pipeline_folder_is_not_served_stale_samples(
+    first_run, pipeline_dir, evaluator_dir, entropy_tables_dir, tmp_path, monkeypatch
+):
+    """Another entropy table in the same folder path (the official cache's item-16 bug) regenerates the samples."""
+    from bitstream_diffusion import EntropyRateScheduler
+
+    output_dir = tmp_path / "out"
+    shutil.copytree(first_run[0], output_dir)  # the first run's cache, in a folder of its own
+    changed = tmp_path / "tiny-pipeline"
+    shutil.copytree(pipeline_dir, changed)
+    assert fingerprint_folder(changed) == fingerprint_folder(pipeline_dir)
+    (changed / "README.md").write_text("a model card does not change samples\n")
+    assert fingerprint_folder(changed) == fingerprint_folder(pipeline_dir)
+    EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "owt").save_pretrained(changed / "scheduler")
+    assert fingerprint_folder(changed) != fingerprint_folder(pipeline_dir)
+
+    counter = _CallCounter(monkeypatch)
+    assert main(_argv(changed, output_dir, evaluator_dir, specs=SPECS[:1], seeds=(0,))) == 0
+    assert counter.calls == NUM_SAMPLES // BATCH_SIZE  # same spec and seed, but regenerated
+    counter.calls = 0
+    assert main(_argv(pipeline_dir, output_dir, evaluator_dir, specs=SPECS[:1], seeds=(0,))) == 0
+    assert counter.calls == 0  # the original folder still finds its batches
+
+
+def test_reference_rows_are_packed_like_the_official_lm1b_cache(pipe, reference_file, wiki_summaries):
+    from bitstream_diffusion.codecs.lm1b import pack_lm1b_lines
+
+    texts, entropy_ids = build_reference(pipe, read_reference_texts(reference_file), 5)
+    expected_rows = pack_lm1b_lines(wiki_summaries[:40], pipe.tokenizer, seq_len=8).rows[:5]
+    assert entropy_ids == expected_rows.tolist()
+    assert texts == pipe.bits_to_text(pipe.codec.ids_to_bits(expected_rows))
+    assert "[PAD]" not in " ".join(texts)
+
+    row_texts, row_ids = build_reference(pipe, iter(["hello world", "a b c"]), 5, packing="rows")
+    assert len(row_texts) == 2 and row_texts[0].startswith("hello world") and "[PAD]" in row_texts[0]
+    assert row_ids == pipe.codec.ids_for_token_entropy(pipe.codec.encode_texts(["hello world", "a b c"]))
+
+
+def test_reference_from_a_datasets_split(pipe, reference_file, tmp_path, monkeypatch):
+    """``--reference-dataset`` reads the split with ``datasets.load_dataset`` (here a local folder, offline)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    shutil.copy(reference_file, folder / "test.jsonl")
+    from_dataset = build_reference(pipe, read_reference_texts(dataset=str(folder), split="test"), 5)
+    assert from_dataset == build_reference(pipe, read_reference_texts(reference_file), 5)
+    with pytest.raises(KeyError, match="no column"):
+        list(read_reference_texts(dataset=str(folder), split="test", column="body"))
+
+
+def test_solver_and_self_conditioning_options(pipeline_dir, evaluator_dir, tmp_path):
+    """Heun and refined self-conditioning each add a call per step; nfe=N keeps the calls within N - 1."""
+    specs = ("gamma=0.1,steps=3,solver=heun,self_conditioning=refined", "gamma=0.2,nfe=8,solver=heun")
+    assert main(_argv(pipeline_dir, tmp_path, evaluator_dir, specs=specs, seeds=(0,))) == 0
+    rows = _read_jsonl(tmp_path / "results.jsonl")
+    assert [(r["num_inference_steps"], r["nfe"], r["solver"], r["self_conditioning"]) for r in rows] == [
+        (3, 3 + 2 * 2, "heun", "refined"),
+        (4, 4 + 3, "heun", "carry"),
+    ]
+
+
+def test_command_line_errors(pipeline_dir, evaluator_dir, tmp_path, capsys):
+    argv = _argv(pipeline_dir, tmp_path / "out", evaluator_dir, specs=("gamma=0.2,steps=5,eta=1",))
+    assert main(argv) == 2
+    assert "Unknown spec key" in capsys.readouterr().err
+    assert main(_argv(tmp_path / "missing", tmp_path / "out", evaluator_dir)) == 2
+    assert main(_argv(pipeline_dir, tmp_path / "out", evaluator_dir, tmp_path / "missing.jsonl")) == 2
+    with pytest.raises(SystemExit):
+        main(["--pipeline", str(pipeline_dir), "--output-dir", str(tmp_path)])  # no --spec
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_samples_and_numbers(
+    first_run, pipeline_dir, evaluator_dir, reference_file, tmp_path
+):
+    """``accelerate launch`` with 2 CPU processes: batches dealt across processes, identical results.
+
+    (``accelerate launch --cpu --num_processes 2`` starts a single process in accelerate 1.15; ``--multi_gpu`` with
+    ``--device cpu`` starts two gloo processes on CPU.)
+    """
+    output_dir, _ = first_run
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        "-m", "bitstream_diffusion.evaluation.run_protocol",
+        *_argv(pipeline_dir, tmp_path, evaluator_dir, reference_file),
+    ]  # fmt: skip
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    assert (tmp_path / "samples.jsonl").read_text() == (output_dir / "samples.jsonl").read_text()
+    assert (tmp_path / "reference.jsonl").read_text() == (output_dir / "reference.jsonl").read_text()
+    one, two = _read_jsonl(output_dir / "results.jsonl"), _read_jsonl(tmp_path / "results.jsonl")
+    for a, b in zip(one, two, strict=True):
+        assert b["num_processes"] == 2 and b["cached_batches"] == 0
+        for column in ("spec", "seed", "nfe", "gen_ppl", "gen_bits_per_token", "entropy", "num_scored_tokens"):
+            assert a[column] == b[column], column
+    summary_one = json.loads((output_dir / "summary.json").read_text())["summary"]
+    summary_two = json.loads((tmp_path / "summary.json").read_text())["summary"]
+    for a, b in zip(summary_one, summary_two, strict=True):
+        for column in ("spec", "gen_ppl_mean", "gen_ppl_std", "entropy_mean", "entropy_std"):
+            assert a[column] == b[column], column
