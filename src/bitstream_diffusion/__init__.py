@@ -50,3 +50,8 @@ def __dir__() -> list[str]:
 # hook that defers it until transformers' auto classes load was tried and breaks on some import orders
 # (e.g. `from transformers import pipeline`), so the registration is done eagerly and robustly here.
 importlib.import_module("bitstream_diffusion.modeling")
+
+# The transformers `pipeline()` task "bitstream-text-generation" (imports transformers.pipelines only; no diffusers).
+from .pipelines.bitstream_text_generation import register_bitstream_text_generation_task  # noqa: E402
+
+register_bitstream_text_generation_task()

@@ -127,8 +127,9 @@ def _model_card(
         "print(out.texts[0], out.nfe)",
         "```",
         "",
-        "Without the package: `transformers.AutoModel.from_pretrained(folder, subfolder='model', trust_remote_code=True)` "
-        "loads the network, whose code ships in `model/`.",
+        "Without the package, the network loads from the code stored in `model/`: download the folder (e.g. "
+        "`snapshot_download(repo_id, allow_patterns=['model/*'])`) and call "
+        "`transformers.AutoModel.from_pretrained(f'{folder}/model', trust_remote_code=True)`.",
         "",
         "## Reproduce the paper's numbers",
         "",

@@ -276,6 +276,9 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._churned_sigma = None
         self._heun_state = None
+        self._churn_points = {}
+        self._grid_cache: dict[int, torch.Tensor] = {}
+        self._window_sigmas: tuple[float, float] | None = None
         # The grid's first level does not depend on the number of levels.
         self._init_noise_sigma = float(self._compute_grid(2)[0])
 
@@ -443,7 +446,10 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         if gamma > MAX_GAMMA:
             logger.warning(f"gamma={gamma} exceeds sqrt(2) - 1; it is capped there as in EDM and the official code.")
 
-        grid = self._compute_grid(num_inference_steps)
+        grid = self._grid_cache.get(num_inference_steps)
+        if grid is None:  # the grid depends on the (frozen) config and the number of levels only
+            grid = self._grid_cache[num_inference_steps] = self._compute_grid(num_inference_steps)
+        grid = grid.clone()
         self.num_inference_steps = num_inference_steps
         self.sigmas = torch.cat([grid, torch.zeros(1, dtype=torch.float32)])
         self.gammas = self._compute_gammas(grid, gamma)
@@ -452,6 +458,24 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._churned_sigma = None
         self._heun_state = None
+        self._churn_points = self._compute_churn_points()
+
+    def _compute_churn_points(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """
+        For each churned step `i`: `(sigma_hat, delta)` with `sigma_hat = float32(sigma_i * float32(1 + gamma_i))` and
+        `delta = sqrt(max(sigma_hat^2 - sigma_i^2, 0))` (0-d float32), computed once per run instead of per call.
+        """
+        churned = torch.nonzero(self.gammas > 0).flatten().tolist()
+        if not churned:
+            points = {}
+        else:  # elementwise float32, bit-identical to the per-step scalar formula
+            sigmas = self.sigmas[: self.gammas.numel()]
+            sigma_hats = sigmas * (1.0 + self.gammas).to(torch.float32)
+            deltas = (sigma_hats.square() - sigmas.square()).clamp_min(0.0).sqrt()
+            sigma_hats, deltas = sigma_hats.unbind(), deltas.unbind()
+            points = {level: (sigma_hats[level], deltas[level]) for level in churned}
+        self._s_noise = torch.tensor(self.config.s_noise, dtype=torch.float32)
+        return points
 
     def _compute_grid(self, num_levels: int) -> torch.Tensor:
         """The `num_levels` noise levels, descending, float32 (bit-exact with the official `SigmaSchedule`)."""
@@ -502,9 +526,12 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         """Per-step churn factor (float64, one per step): `min(gamma, sqrt(2)-1)` where the level is in the window."""
         if gamma == 0:
             return torch.zeros(grid.numel() - 1, dtype=torch.float64)
-        low, high = self.churn_window_sigmas
+        if self._window_sigmas is None:
+            self._window_sigmas = self.churn_window_sigmas
+        low, high = self._window_sigmas
+        levels = grid[:-1].double()  # exact; compared with the float64 window like the official Python floats
         capped = min(float(gamma), MAX_GAMMA)
-        return torch.tensor([capped if low <= s <= high else 0.0 for s in grid[:-1].tolist()], dtype=torch.float64)
+        return ((levels >= low) & (levels <= high)).to(torch.float64) * capped
 
     def _sampling_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The table as the sampler reads it: the CDF's last value forced to exactly 1 (as the official code does)."""
@@ -565,20 +592,19 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
             the batch for the model), to pass on to `step`.
         """
         level, kind = self._current_call()
-        sigma = self.sigmas[level]
-        gamma = self.gammas[level].item() if kind in ("euler", "predictor") else 0.0
-        if gamma > 0:
+        churn_point = self._churn_points.get(level) if kind in ("euler", "predictor") else None
+        if churn_point is None:
+            sigma = self.sigmas[level]
+        else:
             if isinstance(generator, list) and len(generator) != sample.shape[0]:
                 raise ValueError(
                     f"Got {len(generator)} generators for a batch of {sample.shape[0]}; pass one per row."
                 )
             compute_dtype = torch.promote_types(sample.dtype, torch.float32)
-            sigma_hat = sigma * torch.tensor(1.0 + gamma, dtype=torch.float32)
-            delta = (sigma_hat.square() - sigma.square()).clamp_min(0.0).sqrt()
+            sigma, delta = churn_point
             eps = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=torch.float32)
-            eps = eps * torch.tensor(self.config.s_noise, dtype=torch.float32)
+            eps = eps * self._s_noise
             sample = sample.to(compute_dtype) + delta.to(compute_dtype) * eps.to(compute_dtype)
-            sigma = sigma_hat
         self._churned_sigma = (self._step_index, sigma)
         return ChurnOutput(sample, sigma)
 
@@ -631,7 +657,8 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         """
         level, kind = self._current_call()
         sigma_hat = self._evaluated_sigma(level, kind)
-        self._check_timestep(timestep, sigma_hat)
+        if timestep is not sigma_hat:  # the tensor `churn` returned needs no check
+            self._check_timestep(timestep, sigma_hat)
         self._check_model_output(model_output, sample, level, sigma_hat)
 
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
@@ -757,7 +784,7 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
                 f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; pass the "
                 "denoiser's bit probabilities for every position."
             )
-        if not torch.isfinite(model_output).all():
+        if not torch.isfinite(model_output.sum(dtype=torch.float32)):  # one reduction: NaN/inf anywhere propagate
             raise ValueError(
                 f"The model output at level {level} (sigma={sigma.item():.6g}) contains NaN or infinite values; "
                 "check the model's weights and precision (e.g. run the matched filter and sigmoid in float32)."
