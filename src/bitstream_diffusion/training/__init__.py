@@ -10,8 +10,22 @@ One training step, in the official order (each random draw from one ``generator`
     loss.backward(); optimizer.step(); lr_scheduler.step(); ema.update(model)
     estimator.update(sigma, mse)                                                 # every rank, gathered
     step += 1; estimator.maybe_refresh(step)
+
+Data (:mod:`.data`): the LM1B, OWT and generic recipes that turn text into cached token rows
+(``prepare_token_rows(TextSource(...), DataRecipe(...), tokenizer)``), and ``train_code_tokenizer`` for OWT.
 """
 
+from .data import (
+    DataRecipe,
+    EmptyCorpusError,
+    EpochShuffleSampler,
+    TextSource,
+    TokenRows,
+    TokenRowsDataset,
+    build_codec,
+    prepare_token_rows,
+    train_code_tokenizer,
+)
 from .distributed import GatherFn, gather_across_ranks
 from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
 from .entropy_tables import (
@@ -35,6 +49,15 @@ from .sigma_sampling import (
 
 __all__ = [
     "TABLE_NAMES",
+    "DataRecipe",
+    "EmptyCorpusError",
+    "EpochShuffleSampler",
+    "TextSource",
+    "TokenRows",
+    "TokenRowsDataset",
+    "build_codec",
+    "prepare_token_rows",
+    "train_code_tokenizer",
     "Denoiser",
     "EntropyRateEstimator",
     "EntropyTarget",

@@ -50,12 +50,17 @@ def get_lr_lambda(
     return lr_lambda
 
 
+_WRAPPER_PARTS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
 def _clean_name(name: str) -> str:
-    """Drop the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    """Drop the wrapper prefixes: ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``_fsdp_wrapped_module.``
+    (FSDP1 with ``use_orig_params``) and ``_checkpoint_wrapped_module.`` (activation checkpointing wrappers)."""
     previous = None
     while previous != name:
         previous = name
-        name = name.replace("_orig_mod.", "")
+        for part in _WRAPPER_PARTS:
+            name = name.replace(part, "")
         if name.startswith("module."):
             name = name[len("module.") :]
     return name
