@@ -387,3 +387,22 @@ def test_rejects_misuse_of_the_loop(lm1b_tables):
     scheduler.step(torch.zeros(1, 2), final_sigma, final_x)
     with pytest.raises(RuntimeError, match="are done"):
         scheduler.churn(final_x)
+
+
+def test_cdf_rounding_above_one_is_accepted_but_real_decreases_are_not(lm1b_tables, entropy_tables_dir):
+    """The estimator's float32 cumsum can put cdf[-2] one ulp above the final 1.0 before an empty last bin (the owt
+    table has one); the official sampler accepts it."""
+    rounded = {
+        f"entropy_{name}": torch.load(entropy_tables_dir / "owt" / f"entropy_{name}.pt", weights_only=True).tolist()
+        for name in ("pdf", "cdf", "sigmas", "edges")
+    }
+    assert rounded["entropy_pdf"][-1] == 0.0 and rounded["entropy_cdf"][-2] == 1.0
+    rounded["entropy_cdf"][-2] = 1.0000001
+    scheduler = EntropyRateScheduler(**rounded)
+    scheduler.set_timesteps(16)
+    assert torch.all(scheduler.sigmas[:-2] > scheduler.sigmas[1:-1])
+    broken = dict(lm1b_tables)
+    broken["entropy_cdf"] = list(lm1b_tables["entropy_cdf"])
+    broken["entropy_cdf"][100] = broken["entropy_cdf"][99] - 0.01
+    with pytest.raises(ValueError, match="non-decreasing"):
+        EntropyRateScheduler(**broken)

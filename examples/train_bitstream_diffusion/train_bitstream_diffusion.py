@@ -579,15 +579,9 @@ def validation_loss(args, accelerator, model, val_dataloader, estimator, bits_pe
     return total / max(count, 1)
 
 
-def scheduler_tables(tables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The estimator's table as the scheduler accepts it: float32 rounding can leave ``cdf[-2]`` a hair above the
-    final 1.0 (e.g. 1.0000001 before trailing empty bins), which the scheduler's monotonicity check rejects."""
-    return {**tables, "cdf": tables["cdf"].clamp(max=1.0)}
-
-
 def build_pipeline(model, tables, tokenizer, code_tokenizer, codec, *, gamma: float, args) -> BitstreamDiffusionPipeline:
     scheduler = EntropyRateScheduler(
-        **tables_to_config(scheduler_tables(tables)), gamma=float(gamma), s_noise=1.003, terminal_sigma=0.08,
+        **tables_to_config(tables), gamma=float(gamma), s_noise=1.003, terminal_sigma=0.08,
         sigma_min=args.sigma_min, sigma_max=args.sigma_max, churn_window=(0.0, 1.0),
         self_conditioning="carry" if model.config.self_conditioning else "none", solver="euler",
     )

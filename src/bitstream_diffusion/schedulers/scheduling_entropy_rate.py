@@ -94,7 +94,9 @@ def validate_entropy_tables(
     total = pdf.double().sum().item()
     if abs(total - 1.0) > TABLE_ATOL:
         raise ValueError(f"`entropy_pdf` must sum to 1 (a probability mass per bin), but sums to {total:.6g}.")
-    if (cdf[1:] < cdf[:-1]).any() or cdf[0] < -TABLE_ATOL or abs(cdf[-1].item() - 1.0) > TABLE_ATOL:
+    # Float32 rounding may leave a bin a hair above the final 1.0 that the official estimator writes (e.g. 1.0000001
+    # before trailing empty bins); only decreases beyond the table tolerance are errors.
+    if (cdf[1:] < cdf[:-1] - TABLE_ATOL).any() or cdf[0] < -TABLE_ATOL or abs(cdf[-1].item() - 1.0) > TABLE_ATOL:
         raise ValueError("`entropy_cdf` must be non-decreasing, start at or above 0 and end at 1.")
     cdf_error = (pdf.double().cumsum(0) - cdf.double()).abs().max().item()
     if cdf_error > TABLE_ATOL:
