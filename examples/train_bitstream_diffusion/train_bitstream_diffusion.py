@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
 from bitstream_diffusion.codecs import ids_to_bits
+from bitstream_diffusion.utils.atomic_io import replace_directory
 from bitstream_diffusion.training import (
     EntropyRateEstimator,
     ExponentialMovingAverage,
@@ -664,14 +665,7 @@ def export_pipeline(args, accelerator, model, ema, config, tables, tokenizer, co
         save_entropy_tables(tables, staging / "entropy_tables")
         (staging / "README.md").write_text(_model_card(args, summary), encoding="utf-8")
         (staging / "training_config.yaml").write_text(yaml.safe_dump(_plain_args(args), sort_keys=True))
-        if export_dir.exists():  # swap: the old folder is removed only once the new one is in place
-            backup = export_dir.with_name(f".{export_dir.name}.replaced")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(export_dir, backup)
-            os.replace(staging, export_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, export_dir)
+        replace_directory(staging, export_dir)  # the old folder goes only once the new one is in place
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

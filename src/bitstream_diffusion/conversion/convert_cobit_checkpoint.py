@@ -208,6 +208,7 @@ def convert_cobit_checkpoint(
     from ..modeling.modeling_sdt import SDTModel
     from ..pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline
     from ..schedulers.scheduling_entropy_rate import EntropyRateScheduler
+    from ..utils.atomic_io import replace_directory
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -291,14 +292,7 @@ def convert_cobit_checkpoint(
         (staging / "README.md").write_text(card, encoding="utf-8")
         if isinstance(official_config, dict):
             (staging / "official_config.json").write_text(json.dumps(official_config, indent=2, sort_keys=True))
-        if output_dir.exists():
-            backup = output_dir.with_name(f".{output_dir.name}.replaced")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(output_dir, backup)
-            os.replace(staging, output_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, output_dir)
+        replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
