@@ -17,7 +17,7 @@ WORDS_PER_TEXT = 60
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-    pytest.importorskip("gguf")
+    import gguf  # noqa: F401  (the `test` extra installs it; transformers needs it to read the GGUF file)
     # The default cache (~/.cache/bitstream_diffusion or $BITSTREAM_DIFFUSION_CACHE): ~20-30 s the first time.
     return prepare_gguf_evaluator()
 
