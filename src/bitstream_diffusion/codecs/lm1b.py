@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from .bits import InvalidIdPolicy, apply_invalid_id_policy, filter_invalid_ids
+from .tokenize import encode_plain
 
 __all__ = [
     "LM1B_BITS_PER_TOKEN",
@@ -101,15 +102,7 @@ def lm1b_token_stream(
     n_examples = 0
     for start in range(0, len(nonempty), max(1, int(batch_size))):
         batch = nonempty[start : start + int(batch_size)]
-        encoded = tokenizer(
-            batch,
-            add_special_tokens=False,
-            padding=False,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        for ids in encoded:
+        for ids in encode_plain(tokenizer, batch):
             if not ids:
                 continue
             if n_examples > 0 and boundary_token_id is not None:

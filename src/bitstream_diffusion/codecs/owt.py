@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .tokenize import encode_plain
+
 __all__ = [
     "GPT2_EOS_TOKEN_ID",
     "GPT2_VOCAB_SIZE",
@@ -81,15 +83,7 @@ def build_owt_flat_stream(
     texts = [normalize_owt_text(doc) for doc in documents]
     pieces: list[list[int]] = []
     for start in range(0, len(texts), max(1, int(batch_size))):
-        encoded = tokenizer(
-            texts[start : start + int(batch_size)],
-            add_special_tokens=False,
-            padding=False,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        for ids in encoded:
+        for ids in encode_plain(tokenizer, texts[start : start + int(batch_size)]):
             if ids:
                 pieces.append(list(ids) + [int(eos)] if insert_eos else list(ids))
     flat = [token for piece in pieces for token in piece]

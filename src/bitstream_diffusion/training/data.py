@@ -71,6 +71,7 @@ from ..codecs import (
     lm1b_split_ranges,
     normalize_owt_text,
 )
+from ..codecs.tokenize import encode_plain
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -452,19 +453,6 @@ def build_codec(recipe: DataRecipe, tokenizer, code_tokenizer: CodeTokenizer | N
     )
 
 
-def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return tokenizer(
-        texts,
-        add_special_tokens=False,
-        padding=False,
-        truncation=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )["input_ids"]
-
-
 class _StreamChunker:
     """Cuts a growing token stream into fixed rows (the tail stays pending and is finally dropped)."""
 
@@ -526,7 +514,7 @@ def _document_pieces(
     state["documents"] += len(texts)
     state["nonempty_documents"] += len(nonempty)
     pieces: list[list[int]] = []
-    for ids in _encode_batch(tokenizer, nonempty):
+    for ids in encode_plain(tokenizer, nonempty):
         if not ids:
             continue
         if mode == "between":
