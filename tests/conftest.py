@@ -63,3 +63,35 @@ def wiki_summaries() -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-data or multi-process tests (run in CI too)")
+
+
+TINY_SDT = dict(
+    bits_per_token=15,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    content_dim=8,
+    head_hidden_size=16,
+    max_position_embeddings=16,
+)
+
+
+def make_tiny_sdt(seed: int = 0, scale: float = 0.1, **overrides):
+    """A tiny SDT whose every weight is random (the zero-initialised adaLN layers too), so the network matters."""
+    import torch
+
+    from bitstream_diffusion import SDTConfig, SDTModel
+
+    model = SDTModel(SDTConfig(**{**TINY_SDT, **overrides})).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_sdt_factory():
+    """`make_tiny_sdt(seed=0, scale=0.1, **config_overrides)`."""
+    return make_tiny_sdt

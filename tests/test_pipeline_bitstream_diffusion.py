@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
+from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
 from bitstream_diffusion.codecs import CodeTokenizer
+from conftest import make_tiny_sdt as tiny_sdt
 
 SAMPLER_RUNS = {
     # name: (self-conditioning, gamma, model calls)
@@ -18,26 +19,6 @@ SAMPLER_RUNS = {
     "ddim_stoch_carry": ("carry", 0.2, 12),
     "ddim_stoch_refined": ("refined", 0.2, 23),
 }
-TINY_SDT = dict(
-    bits_per_token=15,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    content_dim=8,
-    head_hidden_size=16,
-    max_position_embeddings=16,
-)
-
-
-def tiny_sdt(seed: int = 0, **overrides) -> SDTModel:
-    """A tiny SDT with every weight random (the zero-initialised adaLN layers too), so the network matters."""
-    model = SDTModel(SDTConfig(**{**TINY_SDT, **overrides})).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
-    return model
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
+from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
 from bitstream_diffusion.pipelines import (
     TASK_NAME,
     BitstreamPipelineFolderConfig,
@@ -26,23 +26,8 @@ SAMPLE = dict(num_inference_steps=4, sequence_length=6)
 
 
 @pytest.fixture(scope="module")
-def pipe(entropy_tables_dir, bert_tokenizer):
-    model = SDTModel(
-        SDTConfig(
-            bits_per_token=15,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            content_dim=8,
-            head_hidden_size=16,
-            max_position_embeddings=16,
-        )
-    ).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+def pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     pipe = BitstreamDiffusionPipeline(
         model=model,
         scheduler=EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", gamma=0.2),
