@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch

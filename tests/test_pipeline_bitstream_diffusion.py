@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from conftest import make_tiny_sdt as tiny_sdt
 from diffusers.callbacks import PipelineCallback
 
 from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
 from bitstream_diffusion.codecs import CodeTokenizer
-from conftest import make_tiny_sdt as tiny_sdt
 
 SAMPLER_RUNS = {
     # name: (self-conditioning, gamma, model calls)

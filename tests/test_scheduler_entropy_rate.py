@@ -12,7 +12,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from bitstream_diffusion.schedulers import EntropyRateScheduler, validate_entropy_tables
 
-
 DATA_MEAN, DATA_STD = 0.3, 0.5
 
 

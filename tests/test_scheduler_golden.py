@@ -11,7 +11,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from bitstream_diffusion.schedulers import EntropyRateScheduler
 
-
 TABLES = ("lm1b", "owt", "owt_medium")
 SAMPLER_RUNS = ("ddim_det_carry", "ddim_stoch_carry", "ddim_stoch_refined")
 

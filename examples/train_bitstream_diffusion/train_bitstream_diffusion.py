@@ -47,7 +47,6 @@ from tqdm.auto import tqdm
 
 from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
 from bitstream_diffusion.codecs import ids_to_bits
-from bitstream_diffusion.utils.atomic_io import replace_directory
 from bitstream_diffusion.training import (
     EntropyRateEstimator,
     ExponentialMovingAverage,
@@ -72,6 +71,7 @@ from bitstream_diffusion.training.data import (
     prepare_token_rows,
     split_train_validation,
 )
+from bitstream_diffusion.utils.atomic_io import replace_directory
 
 logger = get_logger(__name__, log_level="INFO")
 

@@ -7,5 +7,4 @@ from .scheduling_entropy_rate import (
     validate_entropy_tables,
 )
 
-
 __all__ = ["ChurnOutput", "EntropyRateScheduler", "EntropyRateSchedulerOutput", "validate_entropy_tables"]

@@ -17,7 +17,6 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
-
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 #: The largest per-step churn factor EDM allows (Karras et al. 2022, Algorithm 2); the official code caps at it too.
