@@ -405,3 +405,15 @@ def test_cdf_rounding_above_one_is_accepted_but_real_decreases_are_not(lm1b_tabl
     broken["entropy_cdf"][100] = broken["entropy_cdf"][99] - 0.01
     with pytest.raises(ValueError, match="non-decreasing"):
         EntropyRateScheduler(**broken)
+
+
+def test_config_changes_after_construction_invalidate_cached_grids(lm1b_tables):
+    scheduler = EntropyRateScheduler(**lm1b_tables, gamma=0.2)
+    scheduler.set_timesteps(8)
+    assert scheduler.sigmas[7].item() == pytest.approx(0.08)
+    scheduler.register_to_config(terminal_sigma=0.1, churn_window=(0.5, 1.0))
+    scheduler.set_timesteps(8)
+    fresh = EntropyRateScheduler(**{**lm1b_tables, "terminal_sigma": 0.1, "churn_window": (0.5, 1.0)}, gamma=0.2)
+    fresh.set_timesteps(8)
+    assert torch.equal(scheduler.sigmas, fresh.sigmas) and torch.equal(scheduler.gammas, fresh.gammas)
+    assert scheduler.sigmas[7].item() == pytest.approx(0.1)

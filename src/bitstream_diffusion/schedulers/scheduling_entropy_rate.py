@@ -280,6 +280,7 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         self._churn_points = {}
         self._grid_cache: dict[int, torch.Tensor] = {}
         self._window_sigmas: tuple[float, float] | None = None
+        self._cached_for_config = self.config
         # The grid's first level does not depend on the number of levels.
         self._init_noise_sigma = float(self._compute_grid(2)[0])
 
@@ -447,6 +448,8 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         if gamma > MAX_GAMMA:
             logger.warning(f"gamma={gamma} exceeds sqrt(2) - 1; it is capped there as in EDM and the official code.")
 
+        if self._cached_for_config is not self.config:  # `register_to_config` replaced the config: recompute
+            self._grid_cache, self._window_sigmas, self._cached_for_config = {}, None, self.config
         grid = self._grid_cache.get(num_inference_steps)
         if grid is None:  # the grid depends on the (frozen) config and the number of levels only
             grid = self._grid_cache[num_inference_steps] = self._compute_grid(num_inference_steps)
