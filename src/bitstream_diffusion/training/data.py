@@ -615,8 +615,10 @@ class _RowWriter:
         self._handle.close()
 
 
-def _publish(tmp_dir: Path, final_dir: Path) -> Path:
-    """Rename a finished cache into place; if another process won the race, keep theirs."""
+def _publish(tmp_dir: Path, final_dir: Path, meta: dict) -> Path:
+    """Write the cache's `meta.json` (its completion mark) and rename it into place; if another process won the
+    race, keep theirs."""
+    (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     try:
         os.replace(tmp_dir, final_dir)
     except OSError:
@@ -783,8 +785,7 @@ def _prepare(
             "fingerprint_inputs": payload,
             "seconds": round(time.time() - started, 3),
         }
-        (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        _publish(tmp_dir, final_dir)
+        _publish(tmp_dir, final_dir, meta)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -863,8 +864,7 @@ def _prepare_owt_rows(
             "fingerprint_inputs": payload,
             "seconds": round(time.time() - started, 3),
         }
-        (tmp_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        _publish(tmp_dir, final_dir)
+        _publish(tmp_dir, final_dir, meta)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
