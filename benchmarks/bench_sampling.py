@@ -86,8 +86,16 @@ def default_tables_dir(layout: str) -> Path | None:
 
 
 def build_pipeline(args: argparse.Namespace):
-    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
-    from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer, load_gpt2_tokenizer
+    from bitstream_diffusion import (
+        BitstreamDiffusionPipeline,
+        EntropyRateScheduler,
+        SDTConfig,
+        SDTModel,
+    )
+    from bitstream_diffusion.offline.assets import (
+        load_bert_uncased_tokenizer,
+        load_gpt2_tokenizer,
+    )
 
     spec = PRESETS[args.preset]
     config = SDTConfig.from_preset(spec["preset"]) if "preset" in spec else SDTConfig(**spec["config"])

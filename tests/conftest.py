@@ -42,21 +42,21 @@ def entropy_tables_dir(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bert_tokenizer():
-    from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer
+    from bitstream_diffusion.offline.assets import load_bert_uncased_tokenizer
 
     return load_bert_uncased_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from bitstream_diffusion.utils.packaged_assets import load_gpt2_tokenizer
+    from bitstream_diffusion.offline.assets import load_gpt2_tokenizer
 
     return load_gpt2_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def wiki_summaries() -> list[str]:
-    from bitstream_diffusion.utils.packaged_assets import load_wiki_summaries
+    from bitstream_diffusion.offline.assets import load_wiki_summaries
 
     return load_wiki_summaries()
 

@@ -17,7 +17,7 @@ from bitstream_diffusion.codecs import (
     lm1b_split_ranges,
     pack_lm1b_lines,
 )
-from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer
+from bitstream_diffusion.offline.assets import load_bert_uncased_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_config_round_trip(bert_tokenizer, gpt2_tokenizer, code_tokenizer):
 
 
 def test_clean_up_pinned_regardless_of_loading(golden_dir):
-    from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer
+    from bitstream_diffusion.offline.assets import load_bert_uncased_tokenizer
 
     golden = torch.load(golden_dir / "codec" / "lm1b" / "lm1b_codec.pt", map_location="cpu", weights_only=True)
     texts = json.loads((golden_dir / "codec" / "lm1b" / "lm1b_decode.json").read_text(encoding="utf-8"))["texts_rows"]

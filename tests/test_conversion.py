@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from bitstream_diffusion import BitstreamDiffusionPipeline, SDTModel
-from bitstream_diffusion.conversion.convert_cobit_checkpoint import convert_cobit_checkpoint, main
+from bitstream_diffusion.conversion.convert_cobit_checkpoint import (
+    convert_cobit_checkpoint,
+    main,
+)
 
 LOGIT_ATOL, LOGIT_RTOL = 2e-5, 1e-5
 SC_CASES = {"sc_none": None, "sc_zeros": "zeros", "sc_random": "x0_hat_random"}

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from bitstream_diffusion.evaluation import GenPPLScorer, prepare_gguf_evaluator
+from bitstream_diffusion.evaluation import GenPPLScorer
+from bitstream_diffusion.offline import prepare_gguf_evaluator
 
 NUM_TEXTS = 4
 WORDS_PER_TEXT = 60

@@ -39,8 +39,13 @@ BATCH_SIZE = 2
 
 
 def _tiny_pipeline(entropy_tables_dir, seed: int = 0):
-    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
-    from bitstream_diffusion.utils.packaged_assets import load_bert_uncased_tokenizer
+    from bitstream_diffusion import (
+        BitstreamDiffusionPipeline,
+        EntropyRateScheduler,
+        SDTConfig,
+        SDTModel,
+    )
+    from bitstream_diffusion.offline.assets import load_bert_uncased_tokenizer
 
     torch.manual_seed(seed)
     config = SDTConfig(

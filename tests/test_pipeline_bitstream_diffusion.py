@@ -10,7 +10,11 @@ import torch
 from conftest import make_tiny_sdt as tiny_sdt
 from diffusers.callbacks import PipelineCallback
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
+from bitstream_diffusion import (
+    BitstreamDiffusionPipeline,
+    EntropyRateScheduler,
+    SDTModel,
+)
 from bitstream_diffusion.codecs import CodeTokenizer
 
 SAMPLER_RUNS = {

@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from bitstream_diffusion.training import ExponentialMovingAverage, get_lr_lambda, warmup_cosine_lr
+from bitstream_diffusion.training import (
+    ExponentialMovingAverage,
+    get_lr_lambda,
+    warmup_cosine_lr,
+)
 
 
 def _official_lr(calls: int, base: float, warm: int, total: int, min_lr: float = 1e-6) -> float:

@@ -26,11 +26,14 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
 __all__ = ["__version__", *_LAZY_ATTRIBUTES]
 
 if TYPE_CHECKING:
-    from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
-    from .modeling.modeling_sdt import SDTModel, SDTOutput
-    from .pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline, BitstreamDiffusionPipelineOutput
     from .codecs.code_tokenizer import CodeTokenizer
     from .codecs.text_codec import TextBitCodec
+    from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
+    from .modeling.modeling_sdt import SDTModel, SDTOutput
+    from .pipelines.pipeline_bitstream_diffusion import (
+        BitstreamDiffusionPipeline,
+        BitstreamDiffusionPipelineOutput,
+    )
     from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 

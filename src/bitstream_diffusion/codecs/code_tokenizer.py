@@ -40,7 +40,13 @@ import numpy as np
 import torch
 
 from .bits import bits_for_vocab
-from .owt import GPT2_EOS_TOKEN_ID, GPT2_VOCAB_SIZE, OWT_BASE_SEQUENCE_LENGTH, num_owt_windows, owt_window
+from .owt import (
+    GPT2_EOS_TOKEN_ID,
+    GPT2_VOCAB_SIZE,
+    OWT_BASE_SEQUENCE_LENGTH,
+    num_owt_windows,
+    owt_window,
+)
 
 __all__ = [
     "CODE_SPECIAL_TOKENS",

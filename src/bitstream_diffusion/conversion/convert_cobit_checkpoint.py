@@ -59,7 +59,10 @@ def _load_text_tokenizer(tokenizer: str | os.PathLike | Any):
         try:
             return AutoTokenizer.from_pretrained(str(tokenizer))
         except OSError:  # offline: the same vocabularies ship in packages (DESIGN §6)
-            from ..utils.packaged_assets import load_bert_uncased_tokenizer, load_gpt2_tokenizer
+            from ..offline.assets import (
+                load_bert_uncased_tokenizer,
+                load_gpt2_tokenizer,
+            )
 
             name = str(tokenizer).split("/")[-1]
             logger.info("Hub unreachable; using the packaged %s vocabulary.", name)

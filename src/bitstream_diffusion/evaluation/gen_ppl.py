@@ -214,7 +214,8 @@ def _load_evaluator(
     if local.exists():
         model_id = str(local)
         if local.is_file():
-            hint = " (for a GGUF file use `prepare_gguf_evaluator`)" if local.suffix == ".gguf" else ""
+            gguf = local.suffix == ".gguf"
+            hint = " (for a GGUF file use `bitstream_diffusion.offline.prepare_gguf_evaluator`)" if gguf else ""
             raise ValueError(f"`model_id` must be a model folder or a hub id, not a file: {model_id!r}{hint}.")
         if not (local / "config.json").is_file():
             raise FileNotFoundError(
@@ -239,7 +240,7 @@ def _load_evaluator(
         else:
             reason = (
                 "it is no local folder, and the hub model is not available here (offline mode, or no cached copy?); "
-                "download it once or pass a local folder (offline: `bitstream_diffusion.evaluation."
+                "download it once or pass a local folder (offline: `bitstream_diffusion.offline."
                 "prepare_gguf_evaluator`)"
             )
         raise OSError(

@@ -231,11 +231,11 @@ def _resolve_pipeline_folder(pipeline: str | os.PathLike) -> Path:
 def _resolve_evaluator(evaluator: str) -> str:
     """``smollm2`` or a ``.gguf`` file -> a dequantised local folder; anything else is passed on."""
     if evaluator.lower() in ("smollm2", "smollm2-gguf"):
-        from .gguf_evaluator import prepare_gguf_evaluator
+        from ..offline.gguf_evaluator import prepare_gguf_evaluator
 
         return str(prepare_gguf_evaluator())
     if evaluator.endswith(".gguf"):
-        from .gguf_evaluator import prepare_gguf_evaluator
+        from ..offline.gguf_evaluator import prepare_gguf_evaluator
 
         return str(prepare_gguf_evaluator(evaluator))
     return evaluator

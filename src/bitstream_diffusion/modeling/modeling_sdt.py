@@ -372,7 +372,11 @@ class SDTModel(SDTPreTrainedModel):
         Raises:
             StateDictMismatchError: any missing, unexpected or mis-shaped key, all listed.
         """
-        from .official_checkpoint import check_state_dict_matches, infer_sdt_config, load_official_checkpoint
+        from .official_checkpoint import (
+            check_state_dict_matches,
+            infer_sdt_config,
+            load_official_checkpoint,
+        )
 
         checkpoint = load_official_checkpoint(checkpoint_path, use_ema=use_ema)
         if config is None:

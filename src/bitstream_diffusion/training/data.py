@@ -72,6 +72,7 @@ from ..codecs import (
     normalize_owt_text,
 )
 from ..codecs.tokenize import encode_plain
+from ..utils.cache import cache_dir
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -116,9 +117,8 @@ class EmptyCorpusError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """``$BITSTREAM_DIFFUSION_CACHE`` or ``~/.cache/bitstream_diffusion``, plus ``/prepared``."""
-    root = os.environ.get("BITSTREAM_DIFFUSION_CACHE") or os.path.join(Path.home(), ".cache", "bitstream_diffusion")
-    return Path(root) / "prepared"
+    """The ``"token_rows"`` cache of :func:`bitstream_diffusion.utils.cache.cache_dir` (under the datasets cache)."""
+    return cache_dir("token_rows")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def load_text_tokenizer(name_or_path: str | os.PathLike | Any):
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         return name_or_path
-    from ..utils.packaged_assets import load_bert_uncased_tokenizer, load_gpt2_tokenizer
+    from ..offline.assets import load_bert_uncased_tokenizer, load_gpt2_tokenizer
 
     packaged = {"bert-base-uncased": load_bert_uncased_tokenizer, "gpt2": load_gpt2_tokenizer}
     name = str(name_or_path)
@@ -295,7 +295,7 @@ class TextSource:
     def _builtin_path(self) -> Path:
         if self.dataset_name != "builtin:wiki_summaries":
             raise ValueError(f"Unknown built-in dataset {self.dataset_name!r}; available: {list(BUILTIN_SOURCES)}.")
-        from ..utils.packaged_assets import wiki_summaries_file
+        from ..offline.assets import wiki_summaries_file
 
         return wiki_summaries_file()
 
@@ -339,7 +339,7 @@ class TextSource:
     def iter_texts(self) -> Iterator[str]:
         """The texts of the split, in order (``None`` becomes ``""``)."""
         if self.is_builtin:
-            from ..utils.packaged_assets import load_wiki_summaries
+            from ..offline.assets import load_wiki_summaries
 
             texts: Iterable[Any] = load_wiki_summaries()
         else:

