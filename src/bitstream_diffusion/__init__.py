@@ -1,7 +1,9 @@
 """bitstream-diffusion: CoBit continuous bitstream diffusion language models (arXiv 2605.07013) for Hugging Face.
 
 Importing the package registers `SDTConfig`/`SDTModel` with transformers' `AutoConfig`/`AutoModel` (model type
-`"bitstream_sdt"`). The other components (scheduler, pipeline, codecs, training, evaluation) load on first access.
+`"bitstream_sdt"`) and the transformers `pipeline()` task `"bitstream-text-generation"`; both need the modeling code
+(torch + transformers), which is therefore imported eagerly. The diffusers-based components (scheduler, pipeline)
+and the codecs load on first access, so `import bitstream_diffusion` does not pay for diffusers.
 """
 
 from __future__ import annotations
@@ -9,13 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .modeling import SDT_PRESETS, SDTConfig, SDTModel, SDTOutput
+from .pipelines.bitstream_text_generation import register_bitstream_text_generation_task
+
 __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
-    "SDTConfig": "bitstream_diffusion.modeling.configuration_sdt",
-    "SDT_PRESETS": "bitstream_diffusion.modeling.configuration_sdt",
-    "SDTModel": "bitstream_diffusion.modeling.modeling_sdt",
-    "SDTOutput": "bitstream_diffusion.modeling.modeling_sdt",
     "EntropyRateScheduler": "bitstream_diffusion.schedulers.scheduling_entropy_rate",
     "BitstreamDiffusionPipeline": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
     "BitstreamDiffusionPipelineOutput": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
@@ -23,17 +24,12 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "CodeTokenizer": "bitstream_diffusion.codecs.code_tokenizer",
 }
 
-__all__ = ["__version__", *_LAZY_ATTRIBUTES]
+__all__ = ["SDT_PRESETS", "SDTConfig", "SDTModel", "SDTOutput", "__version__", *_LAZY_ATTRIBUTES]
 
 if TYPE_CHECKING:
     from .codecs.code_tokenizer import CodeTokenizer
     from .codecs.text_codec import TextBitCodec
-    from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
-    from .modeling.modeling_sdt import SDTModel, SDTOutput
-    from .pipelines.pipeline_bitstream_diffusion import (
-        BitstreamDiffusionPipeline,
-        BitstreamDiffusionPipelineOutput,
-    )
+    from .pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline, BitstreamDiffusionPipelineOutput
     from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 
@@ -48,13 +44,5 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
-
-# Registering with AutoConfig/AutoModel needs the modeling code (torch + transformers, a few seconds). An import
-# hook that defers it until transformers' auto classes load was tried and breaks on some import orders
-# (e.g. `from transformers import pipeline`), so the registration is done eagerly and robustly here.
-importlib.import_module("bitstream_diffusion.modeling")
-
-# The transformers `pipeline()` task "bitstream-text-generation" (imports transformers.pipelines only; no diffusers).
-from .pipelines.bitstream_text_generation import register_bitstream_text_generation_task  # noqa: E402
 
 register_bitstream_text_generation_task()
