@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_sdt as tiny_sdt
 from diffusers.callbacks import PipelineCallback
 
 from bitstream_diffusion import (
@@ -35,13 +34,13 @@ def lm1b_scheduler_config(entropy_tables_dir):
 
 
 @pytest.fixture
-def make_pipe(lm1b_scheduler_config, bert_tokenizer):
+def make_pipe(lm1b_scheduler_config, bert_tokenizer, tiny_sdt_factory):
     """A tiny LM1B-layout pipeline with the real BERT tokenizer; scheduler overrides as keyword arguments."""
 
     def make(model: SDTModel | None = None, **scheduler_overrides) -> BitstreamDiffusionPipeline:
         scheduler = EntropyRateScheduler.from_config(lm1b_scheduler_config, **scheduler_overrides)
         pipe = BitstreamDiffusionPipeline(
-            model=model if model is not None else tiny_sdt(),
+            model=model if model is not None else tiny_sdt_factory(),
             scheduler=scheduler,
             tokenizer=bert_tokenizer,
             codec_layout="lm1b",
@@ -223,8 +222,8 @@ def test_bad_inputs_raise_clear_errors(make_pipe, kwargs, error, match):
         pipe(**kwargs)
 
 
-def test_nan_model_output_is_a_clear_error(make_pipe):
-    model = tiny_sdt()
+def test_nan_model_output_is_a_clear_error(make_pipe, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     with torch.no_grad():
         model.head.mixer[-1].bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="model output at level 0 .* NaN or infinite"):
@@ -246,14 +245,84 @@ def test_nan_in_the_refining_call_is_a_clear_error(make_pipe):
         pipe(num_inference_steps=3, sequence_length=2, generator=seeded(0))
 
 
-def test_codec_that_cannot_hold_the_vocabulary_fails_at_construction(lm1b_scheduler_config, bert_tokenizer):
-    with pytest.raises(ValueError):
+def test_codec_that_cannot_hold_the_vocabulary_fails_at_construction(
+    lm1b_scheduler_config, bert_tokenizer, tiny_sdt_factory
+):
+    with pytest.raises(ValueError, match="bits"):
         BitstreamDiffusionPipeline(
-            model=tiny_sdt(bits_per_token=14),
+            model=tiny_sdt_factory(bits_per_token=14),
             scheduler=EntropyRateScheduler.from_config(lm1b_scheduler_config),
             tokenizer=bert_tokenizer,
             codec_layout="lm1b",
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The codec: built once, rebuilt when a component or a codec setting changes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_codec_is_built_once(make_pipe, lm1b_scheduler_config):
+    pipe = make_pipe()
+    codec = pipe.codec
+    pipe(prompt="hello", num_inference_steps=2, sequence_length=2, generator=seeded(0))
+    pipe.text_to_bits("hello")
+    pipe.scheduler = EntropyRateScheduler.from_config(lm1b_scheduler_config)  # not a codec input
+    pipe.register_to_config(_name_or_path="elsewhere")
+    assert pipe.codec is codec
+
+
+def test_codec_follows_its_components_and_settings(make_pipe, bert_tokenizer, gpt2_tokenizer, tiny_sdt_factory):
+    pipe = make_pipe()
+    pipe.register_to_config(codec_layout="generic", codec_num_tokens=5)
+    assert pipe.codec.layout == "generic" and pipe.codec.num_tokens == 5
+    assert pipe(num_inference_steps=2, generator=seeded(0)).token_ids.shape == (1, 5)  # the new default length
+
+    # GPT-2's 50257 ids need 16 bits and the model has 15: refused, and the pipeline is left as it was
+    codec, config = pipe.codec, dict(pipe.config)
+    with pytest.raises(ValueError, match="bits"):
+        pipe.tokenizer = gpt2_tokenizer
+    with pytest.raises(ValueError, match="bits"):
+        pipe.register_modules(tokenizer=gpt2_tokenizer)
+    assert pipe.tokenizer is bert_tokenizer and pipe.codec is codec and dict(pipe.config) == config
+
+    # a 16-bit model with the GPT-2 tokenizer, replaced together (the tokenizer first would not fit the old model)
+    pipe.register_modules(tokenizer=gpt2_tokenizer, model=tiny_sdt_factory(bits_per_token=16))
+    assert pipe.codec.tokenizer is gpt2_tokenizer and pipe.codec.bits_per_token == pipe.bits_per_token == 16
+    assert pipe.config.tokenizer[1] == type(gpt2_tokenizer).__name__
+    assert pipe.text_to_bits("hello world").shape == (1, 5 * 16)
+    out = pipe(num_inference_steps=2, generator=seeded(0))
+    assert out.bits.shape == (1, 5 * 16) and out.texts == pipe.bits_to_text(out.bits)
+
+    with pytest.raises(ValueError, match="SEP"):
+        pipe.register_to_config(codec_layout="lm1b")  # GPT-2 has no [SEP]
+    assert pipe.config.codec_layout == "generic" and pipe.codec.layout == "generic"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The steps of a run: initial noise, known bits
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_prepare_latents_is_the_first_draw(make_pipe):
+    pipe = make_pipe()
+    pipe.scheduler.set_timesteps(4)
+    sigma = pipe.scheduler.init_noise_sigma
+    latents = pipe.prepare_latents(2, 30, torch.device("cpu"), seeded(3))
+    assert torch.equal(latents, 0.5 + sigma * torch.randn(2, 30, generator=seeded(3)))
+    per_sample = pipe.prepare_latents(2, 30, torch.device("cpu"), [seeded(3), seeded(4)])
+    assert torch.equal(per_sample[1:], 0.5 + sigma * torch.randn(1, 30, generator=seeded(4)))
+
+
+def test_prepare_known_bits(make_pipe):
+    pipe = make_pipe()
+    assert pipe.prepare_known_bits(2, 4) is None and pipe.prepare_known_bits(2, 4, prompt="") is None
+    known = pipe.prepare_known_bits(2, 4, prompt="hello")  # one BERT token: 15 bits
+    assert known.mask.shape == (2, 60) and known.mask[:, :15].all() and not known.mask[:, 15:].any()
+    state = torch.full((2, 60), 0.25)
+    clamped = known.clamp(state)
+    assert torch.equal(clamped[:, 15:], state[:, 15:]) and torch.equal(clamped[:, :15], known.values[:, :15])
+    assert pipe.bits_to_text(clamped[:, :15]) == ["hello", "hello"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -96,6 +96,17 @@ def test_transformers_pipeline_task(folder, pipe, expected):
         generator(["the cat", "a dog"], batch_size=2)
 
 
+def test_public_names_resolve():
+    import bitstream_diffusion.pipelines as pipelines
+    from bitstream_diffusion.pipelines import bitstream_text_generation, pipeline_folder
+
+    assert sorted(pipelines.__all__) == sorted(pipelines._LAZY_ATTRIBUTES)
+    assert all(getattr(pipelines, name) is not None for name in pipelines.__all__)
+    # the folder-config names live in `pipeline_folder` and stay importable from the task module
+    assert bitstream_text_generation.BitstreamPipelineFolderConfig is pipeline_folder.BitstreamPipelineFolderConfig
+    assert bitstream_text_generation.write_transformers_entry_point is pipeline_folder.write_transformers_entry_point
+
+
 def _run(code: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
@@ -149,3 +160,22 @@ def test_fresh_process_transformers_pipeline_after_import(folder, expected, tmp_
         tmp_path,
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.texts
+
+
+@pytest.mark.slow
+def test_import_registers_the_task_without_diffusers(tmp_path):
+    """The task module and the folder config import no diffusers and not the diffusers pipeline (no import loop)."""
+    _run(
+        """
+        import sys
+        import bitstream_diffusion
+        from transformers.pipelines import PIPELINE_REGISTRY
+        from bitstream_diffusion.pipelines import BitstreamPipelineFolderConfig, write_transformers_entry_point
+
+        assert "bitstream-text-generation" in PIPELINE_REGISTRY.supported_tasks
+        loaded = {name for name in sys.modules if name.startswith(("diffusers", "bitstream_diffusion.pipelines"))}
+        pipeline_module = "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion"
+        assert "diffusers" not in loaded and pipeline_module not in loaded, sorted(loaded)
+        """,
+        tmp_path,
+    )

@@ -1,5 +1,10 @@
 """The CoBit text pipeline (diffusers) and the transformers `pipeline()` task `"bitstream-text-generation"`.
 
+* `pipeline_bitstream_diffusion`: [`BitstreamDiffusionPipeline`], noise -> bits -> text (diffusers);
+* `pipeline_output`: its output; `known_bits`: the prompt / infilling bits it clamps at every step;
+* `pipeline_folder`: the saved folder's root `config.json`, through which transformers finds the SDT;
+* `bitstream_text_generation`: the transformers task (no diffusers import until a task pipeline is built).
+
 Attributes load lazily: `register_bitstream_text_generation_task` (called at `import bitstream_diffusion`) must not
 pay for the diffusers import.
 """
@@ -11,30 +16,38 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "BitstreamDiffusionPipeline": ".pipeline_bitstream_diffusion",
-    "BitstreamDiffusionPipelineOutput": ".pipeline_bitstream_diffusion",
+    "BitstreamDiffusionPipelineOutput": ".pipeline_output",
     "DEFAULT_NUM_INFERENCE_STEPS": ".pipeline_bitstream_diffusion",
     "TASK_NAME": ".bitstream_text_generation",
-    "BitstreamPipelineFolderConfig": ".bitstream_text_generation",
+    "BitstreamPipelineFolderConfig": ".pipeline_folder",
+    "write_transformers_entry_point": ".pipeline_folder",
     "BitstreamPipelineModelLoader": ".bitstream_text_generation",
     "BitstreamTextGenerationPipeline": ".bitstream_text_generation",
     "register_bitstream_text_generation_task": ".bitstream_text_generation",
 }
 
-__all__ = list(_LAZY_ATTRIBUTES)
+__all__ = [  # the keys of `_LAZY_ATTRIBUTES`, spelled out for linters and readers
+    "BitstreamDiffusionPipeline",
+    "BitstreamDiffusionPipelineOutput",
+    "DEFAULT_NUM_INFERENCE_STEPS",
+    "TASK_NAME",
+    "BitstreamPipelineFolderConfig",
+    "write_transformers_entry_point",
+    "BitstreamPipelineModelLoader",
+    "BitstreamTextGenerationPipeline",
+    "register_bitstream_text_generation_task",
+]
 
 if TYPE_CHECKING:
     from .bitstream_text_generation import (
         TASK_NAME,
-        BitstreamPipelineFolderConfig,
         BitstreamPipelineModelLoader,
         BitstreamTextGenerationPipeline,
         register_bitstream_text_generation_task,
     )
-    from .pipeline_bitstream_diffusion import (
-        DEFAULT_NUM_INFERENCE_STEPS,
-        BitstreamDiffusionPipeline,
-        BitstreamDiffusionPipelineOutput,
-    )
+    from .pipeline_bitstream_diffusion import DEFAULT_NUM_INFERENCE_STEPS, BitstreamDiffusionPipeline
+    from .pipeline_folder import BitstreamPipelineFolderConfig, write_transformers_entry_point
+    from .pipeline_output import BitstreamDiffusionPipelineOutput
 
 
 def __getattr__(name: str) -> Any:

@@ -11,35 +11,33 @@
 ```
 
 How `model=` resolves. `transformers.pipeline` reads `config.json` at the root of `model` (`AutoConfig`), then calls
-the task's `pt_model.from_pretrained(model)` (without that config). A diffusers pipeline folder keeps its SDT in
-`model/`, so
-`BitstreamDiffusionPipeline.save_pretrained` also writes a root `config.json` of model type
-`"bitstream_diffusion_pipeline"` ([`BitstreamPipelineFolderConfig`], diffusers ignores it), and the task's `pt_model`,
-[`BitstreamPipelineModelLoader`], loads the SDT from that subfolder (or from `model` itself when it is an SDT folder).
-[`BitstreamTextGenerationPipeline`] then loads the scheduler, tokenizer and code tokenizer from the folder the SDT came
-from (`BitstreamDiffusionPipeline.from_pretrained(folder, model=sdt)`). `model=` may also be a
+the task's `pt_model.from_pretrained(model)` (without that config). A saved pipeline folder has a root `config.json`
+of model type `"bitstream_diffusion_pipeline"` that points at its SDT in `model/` (see `.pipeline_folder`), and the
+task's `pt_model`, [`BitstreamPipelineModelLoader`], loads the SDT from there (or from `model` itself when it is an
+SDT folder). [`BitstreamTextGenerationPipeline`] then loads the scheduler, tokenizer and code tokenizer from the folder
+the SDT came from (`BitstreamDiffusionPipeline.from_pretrained(folder, model=sdt)`). `model=` may also be a
 `BitstreamDiffusionPipeline` instance, or the `model/` subfolder of a pipeline folder.
 
-Nothing here imports diffusers: registering the task at `import bitstream_diffusion` costs only transformers imports.
+Nothing here imports diffusers at import time: registering the task at `import bitstream_diffusion` costs only
+transformers imports. The diffusers pipeline is imported when a task pipeline is built.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+
+from .pipeline_folder import BitstreamPipelineFolderConfig, pipeline_folder_of, write_transformers_entry_point
 
 if TYPE_CHECKING:
     from ..modeling.modeling_sdt import SDTModel
     from .pipeline_bitstream_diffusion import BitstreamDiffusionPipeline
 
-__all__ = [
+__all__ = [  # the folder-config names are re-exported from `.pipeline_folder`, where they live
     "TASK_NAME",
     "BitstreamPipelineFolderConfig",
     "BitstreamPipelineModelLoader",
@@ -49,41 +47,6 @@ __all__ = [
 ]
 
 TASK_NAME = "bitstream-text-generation"
-PIPELINE_INDEX_NAME = "model_index.json"
-MODEL_SUBFOLDER = "model"
-
-
-@strict(accept_kwargs=True)
-class BitstreamPipelineFolderConfig(PretrainedConfig):
-    r"""
-    The root `config.json` of a [`BitstreamDiffusionPipeline`] folder: a pointer for transformers, which reads
-    `config.json` before anything else, to the SDT of the folder. It holds no model settings.
-
-    Args:
-        model_subfolder (`str`, defaults to `"model"`): the folder of the SDT (the pipeline's `model` component).
-    """
-
-    model_type = "bitstream_diffusion_pipeline"
-
-    model_subfolder: str = MODEL_SUBFOLDER
-
-
-def write_transformers_entry_point(save_directory: str | os.PathLike) -> Path:
-    """Write the root `config.json` of a pipeline folder ([`BitstreamPipelineFolderConfig`]); returns its path."""
-    import transformers
-
-    path = Path(save_directory) / "config.json"
-    entry = {
-        "model_type": BitstreamPipelineFolderConfig.model_type,
-        "model_subfolder": MODEL_SUBFOLDER,
-        "transformers_version": transformers.__version__,
-    }
-    path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def _is_local_pipeline_folder(path: str | os.PathLike) -> bool:
-    return os.path.isfile(os.path.join(path, PIPELINE_INDEX_NAME))
 
 
 class BitstreamPipelineModelLoader:
@@ -115,26 +78,6 @@ class BitstreamPipelineModelLoader:
             kwargs["config"] = config
         model = SDTModel.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return model.eval()
-
-
-def _pipeline_folder_of(model) -> str:
-    """The pipeline folder (or hub repo) the SDT was loaded from: its `name_or_path`, or its parent for `.../model`."""
-    source = str(getattr(model, "name_or_path", "") or "")
-    if not source:
-        raise ValueError(
-            "Cannot find the pipeline folder of this model (it has no `name_or_path`). Pass the folder of a saved "
-            "BitstreamDiffusionPipeline as `model=`, or a BitstreamDiffusionPipeline instance."
-        )
-    if os.path.isdir(source) and not _is_local_pipeline_folder(source):
-        parent = os.path.dirname(os.path.normpath(source))
-        if _is_local_pipeline_folder(parent):
-            return parent
-        raise ValueError(
-            f"{source} is not a BitstreamDiffusionPipeline folder (no {PIPELINE_INDEX_NAME}, nor in its parent). The "
-            "task needs the scheduler and tokenizer too: pass a folder written by `BitstreamDiffusionPipeline."
-            "save_pretrained`, or a BitstreamDiffusionPipeline instance."
-        )
-    return source
 
 
 class BitstreamTextGenerationPipeline(Pipeline):
@@ -169,7 +112,7 @@ class BitstreamTextGenerationPipeline(Pipeline):
             diffusion_pipeline, model = model, model.model
         super().__init__(model, *args, **kwargs)
         if diffusion_pipeline is None:
-            folder = _pipeline_folder_of(self.model)
+            folder = pipeline_folder_of(self.model)
             diffusion_pipeline = BitstreamDiffusionPipeline.from_pretrained(folder, model=self.model)
         elif diffusion_pipeline.model is not self.model:
             raise ValueError("`diffusion_pipeline.model` must be the pipeline's `model`.")

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..codecs import TextBitCodec
 from ..modeling.modeling_sdt import SDTModel
 from ..schedulers.scheduling_entropy_rate import BIT_CENTER, EntropyRateScheduler
-from .bitstream_text_generation import write_transformers_entry_point
+from .codec_mixin import TextBitCodecMixin
+from .known_bits import KnownBits
+from .pipeline_folder import write_transformers_entry_point
+from .pipeline_output import BitstreamDiffusionPipelineOutput
 
 __all__ = ["BitstreamDiffusionPipeline", "BitstreamDiffusionPipelineOutput", "DEFAULT_NUM_INFERENCE_STEPS"]
 
@@ -25,7 +26,8 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 OutputType = Literal["text", "token_ids", "bits", "probs"]
 _OUTPUT_TYPES = ("text", "token_ids", "bits", "probs")
-#: The paper's operating point: "256 NFE" is 255 noise levels = 255 denoiser calls (DESIGN §5.3).
+#: The paper's operating point: "256 NFE" is 255 noise levels = 255 denoiser calls (the official evaluation asks
+#: for `nfe - 1` levels; see docs/design.md#nfe-is-counted-as-model-calls).
 DEFAULT_NUM_INFERENCE_STEPS = 255
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -46,34 +48,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-@dataclass
-class BitstreamDiffusionPipelineOutput(BaseOutput):
-    """
-    Output of [`BitstreamDiffusionPipeline`].
-
-    Args:
-        texts (`list[str]` or `None`):
-            Decoded samples with the layout's official rules (with `output_type="text"`).
-        token_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            Token (LM1B, generic) or code (OWT) ids: the MSB-first readings of `bits`, before the decoder's invalid-id
-            policy (LM1B wraps ids >= 30522 modulo 30522 only when decoding).
-        bits (`torch.Tensor` of shape `(batch_size, sequence_length * bits_per_token)`, `uint8`):
-            The final bits, `probs > 0.5`.
-        probs (`torch.Tensor` of shape `(batch_size, sequence_length * bits_per_token)` or `None`):
-            The final denoiser probabilities `D(x, terminal_sigma)`, float32 (with `output_type="probs"` or
-            `return_probs=True`).
-        nfe (`int`):
-            Denoiser (model) calls actually made.
-    """
-
-    texts: list[str] | None
-    token_ids: torch.LongTensor
-    bits: torch.Tensor
-    probs: torch.Tensor | None
-    nfe: int
-
-
-class BitstreamDiffusionPipeline(DiffusionPipeline):
+class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
     r"""
     Text generation with a CoBit continuous bitstream diffusion model (arXiv 2605.07013): unconditional, or with a
     text prefix (`prompt`) or known bits (`known_bits` / `known_mask`) clamped at every step.
@@ -86,7 +61,8 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
     Cost: `num_inference_steps` noise levels are `num_inference_steps` denoiser calls with the Euler solver and carried
     self-conditioning (the paper's sampler; the last level is the final denoise at `terminal_sigma`). "refined"
     self-conditioning and the Heun solver each add one call per step (`scheduler.num_model_calls(n)`); `output.nfe`
-    reports the calls made. The paper's "256 NFE" is `num_inference_steps=255` (DESIGN §5.3).
+    reports the calls made. The paper's "256 NFE" is `num_inference_steps=255`
+    (docs/design.md#nfe-is-counted-as-model-calls).
 
     Components:
         model ([`SDTModel`]): the Sequence Diffusion Transformer denoiser.
@@ -103,6 +79,7 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
         codec_invalid_id_policy (`str`, *optional*), codec_skip_special_tokens (`bool`, *optional*),
         codec_clean_up_tokenization_spaces (`bool`, *optional*): decode rules; `None` keeps the layout's official
             default (LM1B: wrap ids modulo 30522 and keep special tokens; OWT: the official stop/skip/strip rules).
+            The codec (`pipe.codec`) follows these settings and the components ([`TextBitCodecMixin`]).
     """
 
     model_cpu_offload_seq = "model"
@@ -135,61 +112,7 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
             codec_skip_special_tokens=codec_skip_special_tokens,
             codec_clean_up_tokenization_spaces=codec_clean_up_tokenization_spaces,
         )
-        self._codec: TextBitCodec | None = None
-        self._codec_key: tuple | None = None
-        if model is not None and tokenizer is not None:
-            self.codec  # noqa: B018 -- validate the codec settings against the components now, not at the first call
-
-    # ------------------------------------------------------------------------------------------------ the codec
-    @property
-    def codec(self) -> TextBitCodec:
-        """The text <-> bits codec: the tokenizers, the model's `bits_per_token` and the codec settings."""
-        config = self.config
-        key = (
-            id(self.tokenizer),
-            id(self.code_tokenizer),
-            self.model.config.bits_per_token,
-            self.model.config.max_position_embeddings,
-            config.codec_layout,
-            config.codec_num_tokens,
-            config.codec_invalid_id_policy,
-            config.codec_skip_special_tokens,
-            config.codec_clean_up_tokenization_spaces,
-        )
-        if self._codec is None or self._codec_key != key:
-            self._codec = TextBitCodec(
-                self.tokenizer,
-                self.code_tokenizer if config.codec_layout == "owt" else None,
-                layout=config.codec_layout,
-                bits_per_token=self.model.config.bits_per_token,
-                num_tokens=config.codec_num_tokens or self.model.config.max_position_embeddings,
-                invalid_id_policy=config.codec_invalid_id_policy,
-                skip_special_tokens=config.codec_skip_special_tokens,
-                clean_up_tokenization_spaces=config.codec_clean_up_tokenization_spaces,
-            )
-            self._codec_key = key
-        return self._codec
-
-    @property
-    def bits_per_token(self) -> int:
-        """Bits per token (the model's patch size): 15 for LM1B, 16 for OWT."""
-        return self.model.config.bits_per_token
-
-    def text_to_bits(self, texts: str | Sequence[str], sequence_length: int | None = None) -> torch.Tensor:
-        """
-        Encode texts as the model's training rows: `[B, sequence_length * bits_per_token]` {0, 1} `uint8`, MSB first,
-        exactly the official layout (LM1B: BERT ids, lines joined by `[SEP]`, `[PAD]`-padded; OWT: one window
-        `[EOS] + ids + [EOS]` re-coded by the code tokenizer, `[EOSEQ]`, `[PAD]`).
-
-        Args:
-            texts (`str` or `list[str]`): the texts.
-            sequence_length (`int`, *optional*): tokens per row (default: the codec's row length).
-        """
-        return self.codec.text_to_bits(texts, sequence_length)
-
-    def bits_to_text(self, bits: torch.Tensor) -> list[str]:
-        """Decode `[B, S]` (or `[S]`) bits, or probabilities thresholded at 0.5, with the layout's official rules."""
-        return self.codec.bits_to_text(bits)
+        self._codec = self._build_codec()  # a codec that cannot hold the vocabulary fails here, not at the first call
 
     # ------------------------------------------------------------------------------------------------ inputs
     def check_inputs(
@@ -268,92 +191,112 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
                 f"({self.model.config.max_position_embeddings}); RoPE accepts it, but quality is untested."
             )
 
-    def _prompt_known_bits(self, prompts: list[str], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Clamp the bits of each prompt's ids (the layout's row prefix) at the start of its row."""
-        num_bits = num_tokens * self.bits_per_token
-        id_rows = self.codec.prompt_ids(prompts, num_tokens=num_tokens + 1)  # one more, to see a cut
-        values = torch.zeros(len(prompts), num_bits)
-        mask = torch.zeros(len(prompts), num_bits, dtype=torch.bool)
-        for row, ids in enumerate(id_rows):
-            if len(ids) > num_tokens:
-                logger.warning(
-                    f"Prompt {row} is longer than a sample ({num_tokens} tokens); it is cut to the sample length and "
-                    "nothing is left to generate in that row."
-                )
-                ids = ids[:num_tokens]
-            if not ids:
-                continue
-            prefix = self.codec.ids_to_bits(torch.tensor([ids], dtype=torch.long))[0]
-            values[row, : prefix.numel()] = prefix.float()
-            mask[row, : prefix.numel()] = True
-        return (values, mask) if bool(mask.any()) else None
-
-    def _infill_known_bits(
-        self, known_bits: torch.Tensor, known_mask: torch.Tensor, batch_size: int, num_tokens: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Validate `known_bits`/`known_mask` and bring them to `[B, S]` (a per-token mask covers all its bits)."""
-        num_bits = num_tokens * self.bits_per_token
-        mask = torch.as_tensor(known_mask)
-        values = torch.as_tensor(known_bits)
-        if mask.dtype != torch.bool:
-            raise TypeError(f"`known_mask` must be a bool tensor (True = clamp this bit), got {mask.dtype}.")
-        if mask.dim() not in (1, 2) or values.dim() not in (1, 2):
-            raise ValueError(
-                f"`known_bits`/`known_mask` must be [num_bits] or [batch_size, num_bits], got "
-                f"{tuple(values.shape)} and {tuple(mask.shape)}."
-            )
-        if mask.shape[-1] == num_tokens and num_tokens != num_bits:
-            mask = mask.repeat_interleave(self.bits_per_token, dim=-1)  # a per-token mask
-        values, mask = values.cpu().float(), mask.cpu()
-        values = values.expand(batch_size, -1) if values.dim() == 1 else values
-        mask = mask.expand(batch_size, -1) if mask.dim() == 1 else mask
-        expected = (batch_size, num_bits)
-        if tuple(values.shape) != expected or tuple(mask.shape) != expected:
-            raise ValueError(
-                f"`known_bits` must have shape [{num_bits}] or [{batch_size}, {num_bits}] "
-                f"(sequence_length={num_tokens} tokens x {self.bits_per_token} bits) and `known_mask` the same or per "
-                f"token [{num_tokens}] / [{batch_size}, {num_tokens}]; got {tuple(values.shape)} and "
-                f"{tuple(mask.shape)}."
-            )
-        known = values[mask]
-        if not bool(((known == 0) | (known == 1)).all()):
-            raise ValueError(
-                "`known_bits` must be 0 or 1 wherever `known_mask` is True (e.g. from `pipe.text_to_bits`)."
-            )
-        return (values.contiguous(), mask.contiguous()) if bool(mask.any()) else None
-
-    # ------------------------------------------------------------------------------------------------ denoiser
-    def _autocast(self, device: torch.device, autocast_dtype: torch.dtype | None):
-        """bf16/fp16 autocast for the network (its matched filter stays float32); a null context in float32."""
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
-
-    def denoise(
+    def prepare_known_bits(
         self,
-        sample: torch.Tensor,
-        sigma: torch.Tensor | float,
-        self_cond: torch.Tensor | None,
-        autocast_dtype: torch.dtype | None = None,
+        batch_size: int,
+        sequence_length: int,
+        prompt: str | list[str] | None = None,
+        known_bits: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+    ) -> KnownBits | None:
+        """
+        The bits clamped at every step: each prompt's bits at the start of its row, or the infilling bits; `None`
+        when nothing is known. See [`~pipelines.known_bits.KnownBits`] for the accepted shapes.
+        """
+        if prompt is not None:
+            prompts = [prompt] * batch_size if isinstance(prompt, str) else prompt
+            return KnownBits.from_prompts(self.codec, prompts, sequence_length)
+        if known_bits is not None:
+            return KnownBits.from_infill(known_bits, known_mask, batch_size, sequence_length, self.bits_per_token)
+        return None
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_bits: int,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """
-        The denoiser `D(x, sigma) = sigmoid(network + matched filter)`: float32 bit probabilities `[B, S]`.
+        The initial state `0.5 + init_noise_sigma * noise`, float32 `[batch_size, num_bits]` on `device`.
 
-        Args:
-            sample (`torch.Tensor` of shape `(batch_size, num_bits)`): the noisy bits.
-            sigma (`torch.Tensor` or `float`): the noise level, 0-d or one per row.
-            self_cond (`torch.Tensor`, *optional*): the previous estimate (`None` = the official "no estimate").
-            autocast_dtype (`torch.dtype`, *optional*): run the network under this autocast dtype.
+        The noise is the run's first draw: one `[batch_size, num_bits]` `torch.randn` draw from `generator` (or a
+        `[1, num_bits]` slice from each generator of a list), float32 on the generator's device (CPU without one), as
+        the official sampler draws it (docs/design.md#random-draws). Call `scheduler.set_timesteps` first.
         """
-        sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        return self._denoise(sample, sigma, self_cond, self._autocast(sample.device, autocast_dtype))
+        first_generator = generator[0] if isinstance(generator, list) else generator
+        noise_device = first_generator.device if first_generator is not None else torch.device("cpu")
+        noise = randn_tensor((batch_size, num_bits), generator=generator, device=noise_device, dtype=torch.float32)
+        return (noise * self.scheduler.init_noise_sigma + BIT_CENTER).to(device)
 
     def _denoise(
         self, sample: torch.Tensor, sigma: torch.Tensor, self_cond: torch.Tensor | None, autocast
     ) -> torch.Tensor:
+        """One model call: `D(x, sigma) = sigmoid(network + matched filter)`, float32 bit probabilities `[B, S]`."""
         with autocast:
             logits = self.model(sample, sigma.to(sample.device).expand(sample.shape[0]), self_cond).logits
         return torch.sigmoid(logits.float())
+
+    def _denoising_loop(
+        self,
+        sample: torch.Tensor,
+        known: KnownBits | None,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        autocast_dtype: torch.dtype | None,
+        callback_on_step_end: Callable | None,
+        callback_inputs: list[str],
+    ) -> tuple[torch.Tensor, int]:
+        """
+        Run the scheduler's levels from `sample` (`prepare_latents`): churn -> model call -> scheduler step (->
+        refining call). Known bits are clamped in the state, the model's estimate and the self-conditioning input.
+
+        Returns the last model call's probabilities `[B, S]` (at `terminal_sigma`) and the number of model calls.
+        """
+        scheduler = self.scheduler
+        autocast = (
+            contextlib.nullcontext()
+            if autocast_dtype is None
+            else torch.autocast(device_type=sample.device.type, dtype=autocast_dtype)
+        )
+
+        def clamp(bits: torch.Tensor | None) -> torch.Tensor | None:
+            return bits if known is None or bits is None else known.clamp(bits)
+
+        # The official sampler's first self-conditioning input is all zeros, not "no estimate"
+        # (docs/design.md#self-conditioning-none-versus-zeros).
+        self_cond = torch.zeros_like(sample) if scheduler.config.self_conditioning != "none" else None
+        sample, self_cond = clamp(sample), clamp(self_cond)
+        nfe = 0
+        denoised = sample
+        with self.progress_bar(total=scheduler.num_model_calls(num_inference_steps)) as progress_bar:
+            for i in range(len(scheduler.timesteps)):
+                sample_hat, sigma_hat = scheduler.churn(sample, generator=generator)
+                sample_hat = clamp(sample_hat)
+                denoised = clamp(self._denoise(sample_hat, sigma_hat, self_cond, autocast))
+                nfe += 1
+                step = scheduler.step(denoised, sigma_hat, sample_hat)
+                sample = step.prev_sample
+                self_cond = step.self_cond
+                if step.refine_sigma is not None:  # "refined" self-conditioning: D(x_next, sigma_next, D)
+                    progress_bar.update()
+                    self_cond = self._denoise(sample, step.refine_sigma, self_cond, autocast)
+                    nfe += 1
+                    if not bool(torch.isfinite(self_cond.sum(dtype=torch.float32))):  # as the scheduler checks D
+                        raise ValueError(
+                            f"The model output of the refining call at sigma={step.refine_sigma.item():.6g} contains "
+                            "NaN or infinite values; check the model's weights and precision."
+                        )
+                    self_cond = clamp(self_cond)
+
+                if callback_on_step_end is not None:
+                    local = {"sample": sample, "denoised": denoised, "self_cond": self_cond}
+                    callback_kwargs = {name: local[name] for name in callback_inputs}
+                    callback_outputs = callback_on_step_end(self, i, sigma_hat, callback_kwargs) or {}
+                    sample = callback_outputs.pop("sample", sample)
+                    self_cond = callback_outputs.pop("self_cond", self_cond)
+                progress_bar.update()
+        return denoised, nfe
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -396,13 +339,13 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
                 Tokens per sample; bits = tokens x `bits_per_token`. Defaults to the codec's row length
                 (`codec_num_tokens`, else the model's `max_position_embeddings`: 128 for LM1B, 1024 for OWT).
             prompt (`str` or `list[str]`, *optional*):
-                A text prefix per sample, clamped at every step (the official prefix mechanism, REFERENCE_SAMPLING
-                §3.8). The released models are unconditional, so the continuation is best effort.
+                A text prefix per sample: its bits are clamped at every step, the way the official sampler
+                conditions on a prefix. The released models are unconditional, so the continuation is best effort.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 The noise source (CPU float32, `torch.randn` semantics). One generator draws the initial `[B, S]`
                 noise, then one `[B, S]` draw per churned step, which reproduces the official sampler sample for
                 sample. A list (one per sample) draws each sample's `[1, S]` slices from its own generator, so a
-                sample does not depend on the batch it runs in.
+                sample does not depend on the batch it runs in (docs/design.md#random-draws).
             output_type (`str`, defaults to `"text"`):
                 `"text"` decodes texts; `"token_ids"` and `"bits"` skip decoding; `"probs"` also returns the final
                 probabilities. `token_ids` and `bits` are always returned.
@@ -459,72 +402,26 @@ class BitstreamDiffusionPipeline(DiffusionPipeline):
             autocast_dtype,
             callback_inputs,
         )
-        num_bits = sequence_length * self.bits_per_token
-        if prompt is not None:
-            prompts = [prompt] * batch_size if isinstance(prompt, str) else prompt
-            known = self._prompt_known_bits(prompts, sequence_length)
-        elif known_bits is not None:
-            known = self._infill_known_bits(known_bits, known_mask, batch_size, sequence_length)
-        else:
-            known = None
 
-        # 2. Noise levels
-        scheduler = self.scheduler
-        scheduler.set_timesteps(num_inference_steps, gamma=gamma)
-        use_self_cond = scheduler.config.self_conditioning != "none"
+        # 2. Known bits (a prompt or infilling), clamped at every step
+        known = self.prepare_known_bits(batch_size, sequence_length, prompt, known_bits, known_mask)
 
-        # 3. Initial state: x = 0.5 + sigma_0 * n0, with n0 the first [B, S] draw (CPU float32 unless the generator
-        # lives elsewhere), and the all-zeros self-conditioning estimate of the official sampler.
+        # 3. Noise levels
+        self.scheduler.set_timesteps(num_inference_steps, gamma=gamma)
+        self._num_timesteps = len(self.scheduler.timesteps)
+
+        # 4. Initial state (the first noise draw)
         device = self.model.device if not hasattr(self.model, "_hf_hook") else self._execution_device
-        first_generator = generator[0] if isinstance(generator, list) else generator
-        noise_device = first_generator.device if first_generator is not None else torch.device("cpu")
-        noise = randn_tensor((batch_size, num_bits), generator=generator, device=noise_device, dtype=torch.float32)
-        sample = (noise * scheduler.init_noise_sigma + BIT_CENTER).to(device)
-        self_cond = torch.zeros_like(sample) if use_self_cond else None
+        sample = self.prepare_latents(batch_size, sequence_length * self.bits_per_token, device, generator)
         if known is not None:
-            values, mask = (t.to(device) for t in known)
-            sample = torch.where(mask, values, sample)
-            if self_cond is not None:
-                self_cond = torch.where(mask, values, self_cond)
+            known = known.to(device)
 
-        # 4. Denoising loop: churn -> model call -> scheduler step (-> refining call)
-        autocast = self._autocast(device, autocast_dtype)
-        nfe = 0
-        denoised = sample
-        self._num_timesteps = len(scheduler.timesteps)
-        with self.progress_bar(total=scheduler.num_model_calls(num_inference_steps)) as progress_bar:
-            for i in range(len(scheduler.timesteps)):
-                sample_hat, sigma_hat = scheduler.churn(sample, generator=generator)
-                if known is not None:
-                    sample_hat = torch.where(mask, values, sample_hat)
-                denoised = self._denoise(sample_hat, sigma_hat, self_cond, autocast)
-                nfe += 1
-                if known is not None:
-                    denoised = torch.where(mask, values, denoised)
-                step = scheduler.step(denoised, sigma_hat, sample_hat)
-                sample = step.prev_sample
-                self_cond = step.self_cond
-                if step.refine_sigma is not None:  # "refined" self-conditioning: D(x_next, sigma_next, D)
-                    progress_bar.update()
-                    self_cond = self._denoise(sample, step.refine_sigma, self_cond, autocast)
-                    nfe += 1
-                    if not bool(torch.isfinite(self_cond.sum(dtype=torch.float32))):  # as the scheduler checks D
-                        raise ValueError(
-                            f"The model output of the refining call at sigma={step.refine_sigma.item():.6g} contains "
-                            "NaN or infinite values; check the model's weights and precision."
-                        )
-                    if known is not None:
-                        self_cond = torch.where(mask, values, self_cond)
+        # 5. Denoising loop (one noise draw per churned step)
+        denoised, nfe = self._denoising_loop(
+            sample, known, num_inference_steps, generator, autocast_dtype, callback_on_step_end, callback_inputs
+        )
 
-                if callback_on_step_end is not None:
-                    local = {"sample": sample, "denoised": denoised, "self_cond": self_cond}
-                    callback_kwargs = {name: local[name] for name in callback_inputs}
-                    callback_outputs = callback_on_step_end(self, i, sigma_hat, callback_kwargs) or {}
-                    sample = callback_outputs.pop("sample", sample)
-                    self_cond = callback_outputs.pop("self_cond", self_cond)
-                progress_bar.update()
-
-        # 5. Bits -> ids -> text
+        # 6. Bits -> ids -> text
         probs = denoised.float().cpu()
         bits = (probs > 0.5).to(torch.uint8)
         token_ids = self.codec.bits_to_ids(bits)
