@@ -215,6 +215,47 @@ def test_sample_seed_is_the_official_formula_per_sample():
     assert sample_seed(3, key, 17) != sample_seed(3, key + "x", 17)
 
 
+def test_batches_are_listed_so_that_every_process_share_holds_every_run():
+    """Contiguous shares (``split_between_processes``) of the batch list each hold part of every spec x seed."""
+    from bitstream_diffusion.evaluation.generation import plan_batches
+
+    batches = plan_batches(num_specs=3, seeds=(0, 5), num_samples=10, batch_size=4)
+    assert len(batches) == 3 * 2 * 3 and len(set(batches)) == len(batches)
+    assert {(b.start, b.end) for b in batches} == {(0, 4), (4, 8), (8, 10)}  # fixed boundaries, last one short
+    half = len(batches) // 2
+    runs = {(i, seed) for i in range(3) for seed in (0, 5)}
+    assert {(b.spec_index, b.seed) for b in batches[:half]} == runs == {(b.spec_index, b.seed) for b in batches[half:]}
+
+
+def test_help_imports_no_torch_transformers_or_diffusers():
+    """The command line and its modules load their heavy dependencies only when the protocol runs.
+
+    The two package ``__init__`` files are stubbed out here: they import the model classes and the GenPPL scorer
+    eagerly, which is outside this module's control.
+    """
+    from bitstream_diffusion.evaluation import DEFAULT_EVALUATOR
+    from bitstream_diffusion.evaluation.run_protocol import build_parser
+
+    evaluator_option = next(a for a in build_parser()._actions if "--evaluator" in a.option_strings)
+    assert f"(default {DEFAULT_EVALUATOR})" in evaluator_option.help  # named in the help without importing gen_ppl
+    package = Path(__import__("bitstream_diffusion").__file__).parent
+    stubs = [("bitstream_diffusion", str(package)), ("bitstream_diffusion.evaluation", str(package / "evaluation"))]
+    script = f"""
+import contextlib, io, sys, types
+for name, folder in {stubs!r}:
+    module = types.ModuleType(name)
+    module.__path__, module.__version__ = [folder], "0"
+    sys.modules[name] = module
+from bitstream_diffusion.evaluation.run_protocol import main
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+    main(["--help"])
+assert "--reference-packing" in out.getvalue()
+print(sorted(m for m in ("torch", "transformers", "diffusers", "accelerate", "datasets") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------------------------- one run
 
 

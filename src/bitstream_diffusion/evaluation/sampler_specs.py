@@ -3,11 +3,11 @@
 A spec names one sampler setting. Two notations are accepted:
 
 * ``gamma=G,nfe=N`` is the paper's: gamma ``G`` "at N NFE". The official evaluation sets ``S_churn = G * (N - 1)``
-  and samples on an ``N - 1``-point grid, so it makes ``N - 1`` denoiser calls (REFERENCE_SAMPLING §3.6). Here that
-  is ``num_inference_steps = N - 1`` noise levels with the per-step gamma
-  ``EntropyRateScheduler.gamma_from_paper(G, N) = G * (N - 1) / (N - 2)`` (0.20079 for the paper's 0.2 at 256).
-  With the Heun solver or "refined" self-conditioning (one more call per step) the levels are the most whose calls
-  stay within ``N - 1``, and ``S_churn = G * (N - 1)`` is spread over them the same way.
+  and samples on an ``N - 1``-point grid, so it makes ``N - 1`` denoiser calls (``docs/design.md#churn-and-gamma``,
+  ``docs/design.md#nfe-is-counted-as-model-calls``). Here that is ``num_inference_steps = N - 1`` noise levels with
+  the per-step gamma ``EntropyRateScheduler.gamma_from_paper(G, N) = G * (N - 1) / (N - 2)`` (0.20079 for the
+  paper's 0.2 at 256). With the Heun solver or "refined" self-conditioning (one more call per step) the levels are
+  the most whose calls stay within ``N - 1``, and ``S_churn = G * (N - 1)`` is spread over them the same way.
 * ``gamma=G,steps=K`` is this library's: per-step gamma ``G`` on ``K`` noise levels, exactly as given to the pipeline.
 
 Options: ``solver=euler|heun`` and ``self_conditioning=carry|refined|none`` (alias ``sc``) override the pipeline's
@@ -25,9 +25,10 @@ import math
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ResolvedSpec", "SamplerSpec", "sample_generators", "sample_seed"]
 
@@ -45,6 +46,8 @@ def sample_seed(seed: int, spec_key: str, index: int) -> int:
 
 def sample_generators(seed: int, spec_key: str, indices: Iterable[int]) -> list[torch.Generator]:
     """One seeded CPU generator per sample index (the pipeline's list-of-generators convention)."""
+    import torch
+
     return [torch.Generator().manual_seed(sample_seed(seed, spec_key, i)) for i in indices]
 
 
