@@ -1,9 +1,10 @@
 """bitstream-diffusion: CoBit continuous bitstream diffusion language models (arXiv 2605.07013) for Hugging Face.
 
-Importing the package registers `SDTConfig`/`SDTModel` with transformers' `AutoConfig`/`AutoModel` (model type
-`"bitstream_sdt"`) and the transformers `pipeline()` task `"bitstream-text-generation"`; both need the modeling code
-(torch + transformers), which is therefore imported eagerly. The diffusers-based components (scheduler, pipeline)
-and the codecs load on first access, so `import bitstream_diffusion` does not pay for diffusers.
+Importing the package is cheap: every public name loads on first access. It registers `SDTConfig`/`SDTModel`
+with transformers' `AutoConfig`/`AutoModel` (model type `"bitstream_sdt"`) and the `pipeline()` task
+`"bitstream-text-generation"` as soon as transformers loads those classes (see `_auto_registration`), so
+`AutoModel.from_pretrained(folder)` and `pipeline("bitstream-text-generation", model=folder)` work after
+`import bitstream_diffusion`, in any import order.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .modeling import SDT_PRESETS, SDTConfig, SDTModel, SDTOutput
-from .pipelines.bitstream_text_generation import register_bitstream_text_generation_task
+from ._auto_registration import install_auto_registration
 
 __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
+    "SDTConfig": "bitstream_diffusion.modeling.configuration_sdt",
+    "SDT_PRESETS": "bitstream_diffusion.modeling.configuration_sdt",
+    "SDTModel": "bitstream_diffusion.modeling.modeling_sdt",
+    "SDTOutput": "bitstream_diffusion.modeling.modeling_sdt",
     "EntropyRateScheduler": "bitstream_diffusion.schedulers.scheduling_entropy_rate",
     "BitstreamDiffusionPipeline": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
     "BitstreamDiffusionPipelineOutput": "bitstream_diffusion.pipelines.pipeline_bitstream_diffusion",
@@ -24,12 +28,28 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "CodeTokenizer": "bitstream_diffusion.codecs.code_tokenizer",
 }
 
-__all__ = ["SDT_PRESETS", "SDTConfig", "SDTModel", "SDTOutput", "__version__", *_LAZY_ATTRIBUTES]
+__all__ = [
+    "__version__",
+    "BitstreamDiffusionPipeline",
+    "BitstreamDiffusionPipelineOutput",
+    "CodeTokenizer",
+    "EntropyRateScheduler",
+    "SDT_PRESETS",
+    "SDTConfig",
+    "SDTModel",
+    "SDTOutput",
+    "TextBitCodec",
+]
 
 if TYPE_CHECKING:
     from .codecs.code_tokenizer import CodeTokenizer
     from .codecs.text_codec import TextBitCodec
-    from .pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline, BitstreamDiffusionPipelineOutput
+    from .modeling.configuration_sdt import SDT_PRESETS, SDTConfig
+    from .modeling.modeling_sdt import SDTModel, SDTOutput
+    from .pipelines.pipeline_bitstream_diffusion import (
+        BitstreamDiffusionPipeline,
+        BitstreamDiffusionPipelineOutput,
+    )
     from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 
@@ -45,4 +65,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
 
-register_bitstream_text_generation_task()
+install_auto_registration()

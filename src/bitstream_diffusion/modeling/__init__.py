@@ -1,31 +1,58 @@
-"""The CoBit Sequence Diffusion Transformer as a transformers model (registered with AutoConfig/AutoModel)."""
+"""The CoBit Sequence Diffusion Transformer as a transformers model.
 
-from .configuration_sdt import SDT_PRESETS, SDTConfig
-from .modeling_sdt import SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
+`AutoConfig`/`AutoModel` learn `"bitstream_sdt"` as soon as both they and these classes are loaded
+(`bitstream_diffusion._auto_registration`); saved folders name the classes in their `auto_map`, for
+`trust_remote_code` loading without this package. Names load on first access, so that importing the configuration
+does not import the model (and torch's model code).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY_ATTRIBUTES: dict[str, str] = {
+    "SDTConfig": ".configuration_sdt",
+    "SDT_PRESETS": ".configuration_sdt",
+    "SDTModel": ".modeling_sdt",
+    "SDTOutput": ".modeling_sdt",
+    "SDTPreTrainedModel": ".modeling_sdt",
+    "matched_filter_logits": ".modeling_sdt",
+}
 
 __all__ = [
-    "SDTConfig",
+    "matched_filter_logits",
+    "register_with_transformers",
     "SDT_PRESETS",
+    "SDTConfig",
     "SDTModel",
     "SDTOutput",
     "SDTPreTrainedModel",
-    "matched_filter_logits",
-    "register_with_transformers",
 ]
+
+if TYPE_CHECKING:
+    from .configuration_sdt import SDT_PRESETS, SDTConfig
+    from .modeling_sdt import SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
 
 
 def register_with_transformers() -> None:
-    """Make `AutoConfig`/`AutoModel` resolve `"bitstream_sdt"`, and saved folders carry an `auto_map` for
-    `trust_remote_code` loading without this package."""
-    from transformers import AutoConfig, AutoModel
+    """Make `AutoConfig`/`AutoModel` resolve `"bitstream_sdt"` now. Normally automatic (any import order); kept for
+    code that called it explicitly. Idempotent."""
+    from transformers import AutoConfig, AutoModel  # noqa: F401  (loading them registers what is loaded)
 
-    try:
-        AutoConfig.register(SDTConfig.model_type, SDTConfig)
-        AutoModel.register(SDTConfig, SDTModel)
-    except ValueError:  # already registered
-        pass
-    SDTConfig.register_for_auto_class()
-    SDTModel.register_for_auto_class("AutoModel")
+    from .._auto_registration import register_when_loaded
 
-
-register_with_transformers()
+    for module in (".configuration_sdt", ".modeling_sdt"):
+        register_when_loaded(importlib.import_module(module, __name__).__name__)

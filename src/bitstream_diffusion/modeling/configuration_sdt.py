@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -239,3 +240,9 @@ class SDTConfig(PretrainedConfig):
         )
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+# Saved folders name the class in their `auto_map` (loadable with `trust_remote_code`), and the auto classes learn it.
+SDTConfig.register_for_auto_class()
+if __package__ == "bitstream_diffusion.modeling":  # skipped in the copy saved next to the weights (remote code)
+    importlib.import_module("bitstream_diffusion._auto_registration").register_when_loaded(__name__)

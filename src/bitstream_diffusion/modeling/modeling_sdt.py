@@ -11,6 +11,7 @@ load one to one (DESIGN §5.1).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -521,3 +522,9 @@ class SDTModel(SDTPreTrainedModel):
         if not return_dict:
             return logits, network_logits
         return SDTOutput(logits=logits, network_logits=network_logits)
+
+
+# Saved folders name the class in their `auto_map` (loadable with `trust_remote_code`), and the auto classes learn it.
+SDTModel.register_for_auto_class("AutoModel")
+if __package__ == "bitstream_diffusion.modeling":  # skipped in the copy saved next to the weights (remote code)
+    importlib.import_module("bitstream_diffusion._auto_registration").register_when_loaded(__name__)

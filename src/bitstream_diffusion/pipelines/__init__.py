@@ -45,8 +45,14 @@ if TYPE_CHECKING:
         BitstreamTextGenerationPipeline,
         register_bitstream_text_generation_task,
     )
-    from .pipeline_bitstream_diffusion import DEFAULT_NUM_INFERENCE_STEPS, BitstreamDiffusionPipeline
-    from .pipeline_folder import BitstreamPipelineFolderConfig, write_transformers_entry_point
+    from .pipeline_bitstream_diffusion import (
+        DEFAULT_NUM_INFERENCE_STEPS,
+        BitstreamDiffusionPipeline,
+    )
+    from .pipeline_folder import (
+        BitstreamPipelineFolderConfig,
+        write_transformers_entry_point,
+    )
     from .pipeline_output import BitstreamDiffusionPipelineOutput
 
 

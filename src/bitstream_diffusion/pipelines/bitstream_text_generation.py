@@ -31,7 +31,11 @@ import torch
 from transformers import PretrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 
-from .pipeline_folder import BitstreamPipelineFolderConfig, pipeline_folder_of, write_transformers_entry_point
+from .pipeline_folder import (
+    BitstreamPipelineFolderConfig,
+    pipeline_folder_of,
+    write_transformers_entry_point,
+)
 
 if TYPE_CHECKING:
     from ..modeling.modeling_sdt import SDTModel
@@ -210,3 +214,8 @@ def register_bitstream_text_generation_task() -> None:
         pt_model=BitstreamPipelineModelLoader,
         type="text",
     )
+
+
+from .._auto_registration import register_when_loaded  # noqa: E402
+
+register_when_loaded(__name__)

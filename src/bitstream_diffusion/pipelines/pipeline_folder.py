@@ -89,3 +89,8 @@ def pipeline_folder_of(model) -> str:
             "save_pretrained`, or a BitstreamDiffusionPipeline instance."
         )
     return source
+
+
+from .._auto_registration import register_when_loaded  # noqa: E402
+
+register_when_loaded(__name__)
