@@ -85,7 +85,9 @@ def validate_entropy_tables(
         raise ValueError(f"`entropy_pdf` has negative mass at bins {torch.nonzero(pdf < 0).flatten().tolist()}.")
     total = pdf.double().sum().item()
     if abs(total - 1.0) > TABLE_ATOL:
-        raise ValueError(f"`entropy_pdf` must sum to 1 (a probability mass per bin), but sums to {total:.6g}.")
+        looks_like_cdf = bool((pdf[1:] >= pdf[:-1]).all()) and abs(pdf[-1].item() - 1.0) <= TABLE_ATOL
+        hint = " It looks like a CDF: were `entropy_pdf` and `entropy_cdf` swapped?" if looks_like_cdf else ""
+        raise ValueError(f"`entropy_pdf` must sum to 1 (a probability mass per bin), but sums to {total:.6g}.{hint}")
     if (cdf[1:] < cdf[:-1] - TABLE_ATOL).any() or cdf[0] < -TABLE_ATOL or abs(cdf[-1].item() - 1.0) > TABLE_ATOL:
         raise ValueError("`entropy_cdf` must be non-decreasing, start at or above 0 and end at 1.")
     cdf_error = (pdf.double().cumsum(0) - cdf.double()).abs().max().item()
