@@ -9,11 +9,14 @@ import threading
 import pytest
 import torch
 
+from bitstream_diffusion.schedulers import EntropyTables
 from bitstream_diffusion.training import (
     EntropyRateEstimator,
+    check_entropy_tables,
     gather_across_ranks,
     load_entropy_tables,
     lognormal_fit,
+    lognormal_prior_tables,
     save_entropy_tables,
     tables_from_config,
     tables_to_config,
@@ -209,12 +212,17 @@ def test_table_files_and_config_round_trip(tmp_path, entropy_tables_dir):
     rebuilt = load_entropy_tables(tmp_path / "tables")
     torch.testing.assert_close(rebuilt["edges"][1:-1], official["edges"][1:-1], rtol=1e-6, atol=0.0)
 
-    estimator = EntropyRateEstimator()
-    with pytest.raises(RuntimeError, match="no entropy tables"):
-        estimator.save_tables(tmp_path / "none")
-    estimator.load_tables(entropy_tables_dir / "owt")
-    estimator.save_tables(tmp_path / "owt")
-    assert torch.equal(load_entropy_tables(tmp_path / "owt")["pdf"], estimator.tables["pdf"])
+    (tmp_path / "tables" / "notes.txt").write_text("kept")  # saving again replaces the four files, nothing else
+    owt = EntropyTables.from_folder(entropy_tables_dir / "owt")
+    owt.save(tmp_path / "tables")
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "entropy_cdf.pt",
+        "entropy_edges.pt",
+        "entropy_pdf.pt",
+        "entropy_sigmas.pt",
+        "notes.txt",
+    ]
+    assert all(torch.equal(load_entropy_tables(tmp_path / "tables")[k], getattr(owt, k)) for k in official)
 
 
 def test_clear_errors():
@@ -232,7 +240,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="one value per example"):
         estimator.update(torch.ones(3), torch.ones(4))
     with pytest.raises(ValueError, match="NaN or inf"):
-        estimator.set_tables(
+        check_entropy_tables(
             {
                 "pdf": torch.tensor([float("nan")] * 4),
                 "cdf": torch.ones(4),
@@ -240,7 +248,74 @@ def test_clear_errors():
                 "edges": torch.ones(5),
             }
         )
+    with pytest.raises(ValueError, match="missing \\['edges'\\]"):
+        check_entropy_tables({"pdf": torch.ones(4), "cdf": torch.ones(4), "sigmas": torch.ones(4)})
     assert EntropyRateEstimator(target=0.75).power == 0.75 and EntropyRateEstimator(target="rate").power == 1.0
+
+
+def _swap_pdf_cdf(t):
+    return {**t, "pdf": t["cdf"], "cdf": t["pdf"]}
+
+
+def _non_monotone_cdf(t):
+    cdf = t["cdf"].clone()
+    cdf[60] = cdf[59] - 0.01
+    return {**t, "cdf": cdf}
+
+
+def _descending_sigmas(t):
+    return {**t, "sigmas": t["sigmas"].flip(0), "edges": t["edges"].flip(0)}
+
+
+def _pdf_summing_to_two(t):
+    return {**t, "pdf": 2 * t["pdf"], "cdf": torch.cumsum(2 * t["pdf"], 0)}
+
+
+def _single_bin(t):
+    return {"pdf": torch.ones(1), "cdf": torch.ones(1), "sigmas": torch.ones(1), "edges": torch.tensor([0.5, 2.0])}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_swap_pdf_cdf, "swapped"),
+        (_non_monotone_cdf, "non-decreasing"),
+        (_descending_sigmas, "entropy_sigmas.*strictly increasing"),
+        (_pdf_summing_to_two, "sums to 2"),
+        (_single_bin, "K >= 2"),
+    ],
+)
+def test_broken_tables_are_rejected_on_every_path(entropy_tables_dir, tmp_path, edit, match):
+    """The validator the scheduler uses also guards the training side: the dict check, the table files and an
+    estimator checkpoint (all three accepted these tables before)."""
+    broken = edit(load_entropy_tables(entropy_tables_dir / "lm1b"))
+    with pytest.raises(ValueError, match=match):
+        check_entropy_tables(broken)
+    for name, tensor in broken.items():
+        torch.save(tensor, tmp_path / f"entropy_{name}.pt")
+    with pytest.raises(ValueError, match=match):
+        load_entropy_tables(tmp_path)
+    state = EntropyRateEstimator().state_dict()
+    with pytest.raises(ValueError, match=match):
+        EntropyRateEstimator().load_state_dict({**state, "tables": broken})
+
+
+def test_float32_rounding_of_the_official_cdf_is_accepted(entropy_tables_dir):
+    """The estimator's float32 running sum can leave a CDF value one ulp above the final 1.0 before empty bins."""
+    owt = load_entropy_tables(entropy_tables_dir / "owt")
+    assert owt["pdf"][-1] == 0.0 and owt["cdf"][-2] == 1.0
+    owt["cdf"][-2] = 1.0000001
+    estimator = EntropyRateEstimator()
+    estimator.load_state_dict({**estimator.state_dict(), "tables": owt})
+    assert torch.equal(estimator.tables["cdf"], owt["cdf"])
+
+
+def test_lognormal_prior_table_is_the_warm_up_distribution():
+    prior = lognormal_prior_tables(128, -1.2, 1.2, 0.002, 80.0)
+    check_entropy_tables(prior)
+    mu, std = lognormal_fit(prior["pdf"], prior["sigmas"])
+    assert mu == pytest.approx(-1.2, abs=0.02) and std == pytest.approx(1.2, abs=0.02)
+    assert prior["edges"][0].item() == pytest.approx(0.002) and prior["edges"][-1].item() == pytest.approx(80.0)
 
 
 def _gloo_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:

@@ -55,6 +55,7 @@ from bitstream_diffusion.training import (
     gather_across_ranks,
     get_lr_lambda,
     lognormal_fit,
+    lognormal_prior_tables,
     loss_weight,
     save_entropy_tables,
     self_conditioning_estimate,
@@ -449,18 +450,6 @@ def per_example_loss(logits, x0, sigma, *, loss_type: str, weighting: str) -> tu
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.reshape(batch, -1).float(), target,
                                                                reduction="none").mean(dim=1)
     return weight * bce, mse
-
-
-def lognormal_prior_tables(num_bins: int, p_mean: float, p_std: float, sigma_min: float, sigma_max: float):
-    """The warm-up distribution as an entropy table (only used when no table has been estimated yet)."""
-    edges_log = torch.linspace(math.log(sigma_min), math.log(sigma_max), num_bins + 1, dtype=torch.float64)
-    normal = torch.distributions.Normal(p_mean, p_std)
-    mass = (normal.cdf(edges_log[1:]) - normal.cdf(edges_log[:-1])).clamp_min(0)
-    pdf = (mass / mass.sum()).float()
-    cdf = torch.cumsum(pdf, 0)
-    cdf[-1] = 1.0
-    mids = (0.5 * (edges_log[:-1] + edges_log[1:])).exp().float()
-    return {"pdf": pdf, "cdf": cdf, "sigmas": mids, "edges": edges_log.exp().float()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
 from .entropy_tables import (
     TABLE_NAMES,
     check_entropy_tables,
+    edges_from_midpoints,
     load_entropy_tables,
+    lognormal_prior_tables,
     save_entropy_tables,
     tables_from_config,
     tables_to_config,
@@ -41,7 +43,6 @@ from .optim import ExponentialMovingAverage, get_lr_lambda, warmup_cosine_lr
 from .self_conditioning import Denoiser, self_conditioning_estimate
 from .sigma_sampling import (
     TrainingSigmaSampler,
-    edges_from_midpoints,
     entropy_mixing_weight,
     sample_lognormal_sigma,
     sample_sigma_from_tables,
@@ -74,6 +75,7 @@ __all__ = [
     "get_lr_lambda",
     "load_entropy_tables",
     "lognormal_fit",
+    "lognormal_prior_tables",
     "loss_weight",
     "sample_lognormal_sigma",
     "sample_sigma_from_tables",

@@ -1,6 +1,7 @@
 """The online entropy-rate estimator: a FIFO of (σ, per-example bit MSE) and the 128-bin σ table it yields.
 
-Table (REFERENCE_TRAINING §5.2, :meth:`EntropyRateEstimator.compute_tables`), all float32 on the CPU:
+Table (:meth:`EntropyRateEstimator.compute_tables`, the official recipe; see docs/design.md#training), all float32
+on the CPU:
 
 1. keep the finite (σ, metric) pairs, clamp σ to ``[sigma_min, sigma_max]``;
 2. ``K`` bins equally spaced in ``ln σ``; ``rate = max(metric / (σ² + 1e-12), 0)`` and its mean per bin;
@@ -11,28 +12,26 @@ Table (REFERENCE_TRAINING §5.2, :meth:`EntropyRateEstimator.compute_tables`), a
 A bin that holds no sample, or only zero metrics, gets mass 0; once training draws σ only from the table such a bin
 is never visited again ("absorbing", as in the official tables).
 
-Online part: :meth:`~EntropyRateEstimator.update` pushes every process's samples (through ``gather_fn``, DESIGN
-§5.7; the official trainer used rank 0's only), so all ranks hold the same buffer and compute the same tables;
-:meth:`~EntropyRateEstimator.maybe_refresh` recomputes every ``update_every`` steps once the buffer holds
-``num_bins · min_per_bin`` samples; :meth:`~EntropyRateEstimator.state_dict` keeps the buffer, its write position,
-the counters and the current tables, so a resumed run continues identically (the official FIFO restarted empty).
-``buffer_size`` counts samples from all ranks together.
+Online part: :meth:`~EntropyRateEstimator.update` pushes every process's samples (through ``gather_fn``), so all
+ranks hold the same buffer and compute the same tables, which describe the whole batch (the official trainer used
+rank 0's samples only); :meth:`~EntropyRateEstimator.maybe_refresh` recomputes every ``update_every`` steps once the
+buffer holds ``num_bins · min_per_bin`` samples; :meth:`~EntropyRateEstimator.state_dict` keeps the buffer, its write
+position, the counters and the current tables, so a resumed run continues identically (the official FIFO restarted
+empty). ``buffer_size`` counts samples from all ranks together.
+
+The table files, their validation and config form are in :mod:`bitstream_diffusion.schedulers.entropy_tables`
+(``save_entropy_tables(estimator.tables, folder)`` writes the official files).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Literal
 
 import torch
 
+from ..schedulers.entropy_tables import check_entropy_tables
 from .distributed import GatherFn
-from .entropy_tables import (
-    check_entropy_tables,
-    load_entropy_tables,
-    save_entropy_tables,
-)
 
 __all__ = ["EntropyRateEstimator", "EntropyTarget", "lognormal_fit"]
 
@@ -251,20 +250,6 @@ class EntropyRateEstimator:
         if self.update_every <= 0 or step % self.update_every != 0:
             return False
         return self.refresh(step)
-
-    def set_tables(self, tables: dict[str, torch.Tensor]) -> None:
-        """Install tables computed elsewhere (e.g. the official files, or a fixed offline profile)."""
-        self._tables = check_entropy_tables(tables)
-
-    def save_tables(self, directory: str | os.PathLike) -> None:
-        """Write the current tables as the official ``entropy_{pdf,cdf,sigmas,edges}.pt`` files."""
-        if self._tables is None:
-            raise RuntimeError("no entropy tables yet: the buffer has not reached the refresh gate")
-        save_entropy_tables(self._tables, directory)
-
-    def load_tables(self, directory: str | os.PathLike) -> None:
-        """Read official ``entropy_*.pt`` files into :attr:`tables`."""
-        self._tables = load_entropy_tables(directory, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

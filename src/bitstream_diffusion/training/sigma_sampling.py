@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..schedulers.entropy_tables import edges_from_midpoints
+
 __all__ = [
     "TrainingSigmaSampler",
-    "edges_from_midpoints",
     "entropy_mixing_weight",
     "sample_lognormal_sigma",
     "sample_sigma_from_tables",
@@ -77,23 +78,6 @@ def sample_lognormal_sigma(
             f"{max_rounds} rounds; the bounds hold almost no mass"
         )
     return sigma
-
-
-def edges_from_midpoints(sigmas: torch.Tensor, *, sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
-    """Rebuild ``K + 1`` bin edges from ``K`` bin midpoints, as the official trainer does for tables without edges.
-
-    Interior edges are the geometric means of neighbouring midpoints; the outer edges are ``sigma_min`` and
-    ``sigma_max``. Returns float32 ``[K + 1]``.
-    """
-    _check_bounds(sigma_min, sigma_max)
-    if sigmas.dim() != 1 or sigmas.numel() < 1:
-        raise ValueError(f"sigmas must be a non-empty 1-d tensor of bin midpoints, got shape {tuple(sigmas.shape)}")
-    log_mids = sigmas.float().clamp(min=1e-12).log()
-    edges_log = torch.empty(log_mids.numel() + 1, device=log_mids.device, dtype=log_mids.dtype)
-    edges_log[0] = math.log(sigma_min)
-    edges_log[-1] = math.log(sigma_max)
-    edges_log[1:-1] = 0.5 * (log_mids[:-1] + log_mids[1:])
-    return edges_log.exp().clamp(min=1e-12)
 
 
 def sample_sigma_from_tables(
