@@ -6,7 +6,8 @@
 * :mod:`.packing`: the one streaming packer, text documents -> token stream -> fixed rows (every recipe uses it);
 * :mod:`.lm1b`: bert-base-uncased packing into 128-token rows and the LM1B decode;
 * :mod:`.owt`: the OWT flat GPT-2 stream and its 1024-token windows;
-* :mod:`.code_tokenizer`: the ``gpt2id_bpe16`` code tokenizer (train, load, save, encode, decode);
+* :mod:`.code_tokenizer`: the ``gpt2id_bpe16`` code tokenizer, a transformers fast tokenizer (load, save, encode,
+  decode), and :mod:`.code_tokenizer_training` to train one;
 * :mod:`.text_codec`: texts <-> ids <-> bits for the ``"lm1b"``, ``"owt"`` and ``"generic"`` layouts.
 """
 
@@ -32,6 +33,7 @@ from .code_tokenizer import (
     gpt2_ids_to_pua,
     pua_to_gpt2_ids,
 )
+from .code_tokenizer_training import train_code_tokenizer_on_flat_stream, train_code_tokenizer_on_windows
 from .lm1b import (
     LM1B_BITS_PER_TOKEN,
     LM1B_SEQUENCE_LENGTH,
@@ -108,4 +110,6 @@ __all__ = [
     "pack_owt_windows",
     "pua_to_gpt2_ids",
     "token_to_bits_table",
+    "train_code_tokenizer_on_flat_stream",
+    "train_code_tokenizer_on_windows",
 ]
