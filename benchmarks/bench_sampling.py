@@ -120,7 +120,7 @@ def build_pipeline(args: argparse.Namespace):
         from bitstream_diffusion.codecs import CodeTokenizer
 
         tokenizer, layout = load_gpt2_tokenizer(), "owt"
-        code_tokenizer = CodeTokenizer.from_official_files(args.code_tokenizer).hf_tokenizer
+        code_tokenizer = CodeTokenizer.from_official_files(args.code_tokenizer)
     else:
         tokenizer, layout = load_gpt2_tokenizer(), "generic"
     pipe = BitstreamDiffusionPipeline(

@@ -1,9 +1,13 @@
-"""The OWT recipe and the code tokenizer against golden/codec/owt (README §8b)."""
+"""The OWT recipe and the code tokenizer against the official OWT codec data (golden/codec/owt)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -20,6 +24,8 @@ from bitstream_diffusion.codecs import (
     owt_window,
     owt_windows,
     pua_to_gpt2_ids,
+    train_code_tokenizer_on_flat_stream,
+    train_code_tokenizer_on_windows,
 )
 
 TOKENIZER_JSON = "tokenizer_gpt2id_bpe16_53248_base1024.json"
@@ -126,39 +132,43 @@ def test_code_rows_lengths_and_bits_match_official(code_tokenizer, golden, offic
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _decode_texts(code_tokenizer, codes, gpt2_tokenizer):
+    """Code rows -> text as the official decoder: the GPT-2 ids, decoded keeping special tokens."""
+    return gpt2_tokenizer.batch_decode(code_tokenizer.decode_to_gpt2_ids(codes), skip_special_tokens=False)
+
+
 def test_decode_windows(code_tokenizer, golden, decode_json, gpt2_tokenizer):
     cases = decode_json["windows"]
-    ids, debug = code_tokenizer.decode_to_gpt2_ids(golden["code_ids"], return_debug=True)
-    texts = code_tokenizer.decode_to_text(golden["code_ids"], gpt2_tokenizer)
+    ids = code_tokenizer.decode_to_gpt2_ids(golden["code_ids"])
+    texts = _decode_texts(code_tokenizer, golden["code_ids"], gpt2_tokenizer)
     for i, case in enumerate(cases):
         assert int(case["index"]) == i
         assert ids[i] == case["gpt2_ids_decoded"] == golden["gpt2_windows"][i, 1:-1].tolist()
+        assert len(ids[i]) == case["debug"]["gpt2_len_after_edge_strip"]
         assert texts[i] == case["text"]
-        assert debug[i] == case["debug"]
 
 
 def test_decode_dataset_bit_rows(code_tokenizer, golden, decode_json, gpt2_tokenizer):
     from bitstream_diffusion.codecs import bits_to_ids
 
     codes = bits_to_ids(golden["dataset_bits_rows_0_1"], 16)
-    assert code_tokenizer.decode_to_text(codes, gpt2_tokenizer) == decode_json["texts_from_dataset_bits_rows_0_1"]
+    assert _decode_texts(code_tokenizer, codes, gpt2_tokenizer) == decode_json["texts_from_dataset_bits_rows_0_1"]
 
 
 @pytest.mark.parametrize("case_index", range(10))
 def test_decode_corrupted(case_index, code_tokenizer, golden, decode_json, gpt2_tokenizer):
     case = decode_json["corrupted"][case_index]
     codes = golden["corrupt_code_ids"][case_index : case_index + 1]
-    ids, debug = code_tokenizer.decode_to_gpt2_ids(codes, return_debug=True)
-    texts, _ = code_tokenizer.decode_to_text(codes, gpt2_tokenizer, return_debug=True)
+    ids = code_tokenizer.decode_to_gpt2_ids(codes)
     assert ids[0] == case["gpt2_ids"], case["description"]
-    assert texts[0] == case["text"], case["description"]
-    expected = dict(case["debug"], row_idx=0)  # the golden row index counts within the 10-row batch
-    assert debug[0] == expected, case["description"]
+    assert len(ids[0]) == case["debug"]["gpt2_len_after_edge_strip"], case["description"]
+    assert _decode_texts(code_tokenizer, codes, gpt2_tokenizer)[0] == case["text"], case["description"]
 
 
-def test_decode_corrupted_batch_counters(code_tokenizer, golden, decode_json):
-    _, debug = code_tokenizer.decode_to_gpt2_ids(golden["corrupt_code_ids"], return_debug=True)
-    assert debug == [case["debug"] for case in decode_json["corrupted"]]
+def test_decode_corrupted_batch(code_tokenizer, golden, decode_json):
+    assert code_tokenizer.decode_to_gpt2_ids(golden["corrupt_code_ids"]) == [
+        case["gpt2_ids"] for case in decode_json["corrupted"]
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -167,7 +177,7 @@ def test_decode_corrupted_batch_counters(code_tokenizer, golden, decode_json):
 
 
 def test_retraining_reproduces_official_json_byte_for_byte(golden, owt_dir, official_meta, tmp_path):
-    trained = CodeTokenizer.train_from_flat_stream(golden["flat_stream_train"].numpy(), code_vocab_size=53248)
+    trained = train_code_tokenizer_on_flat_stream(golden["flat_stream_train"].numpy(), code_vocab_size=53248)
     json_path, meta_path = trained.save_official_files(tmp_path / TOKENIZER_JSON)
     assert json_path.read_bytes() == (owt_dir / TOKENIZER_JSON).read_bytes()
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -181,7 +191,9 @@ def test_retraining_reproduces_official_json_byte_for_byte(golden, owt_dir, offi
 
 def test_train_small_tokenizer_on_windows(golden):
     windows = owt_windows(golden["flat_stream_train"], max_windows=20)
-    trained = CodeTokenizer.train(windows, code_vocab_size=50400, meta_extra={"source_flat_hf_split": "train[:20]"})
+    trained = train_code_tokenizer_on_windows(
+        windows, code_vocab_size=50400, meta_extra={"source_flat_hf_split": "train[:20]"}
+    )
     meta = trained.meta.to_dict()
     assert (trained.pad_id, trained.unk_id, trained.eoseq_id) == (0, 1, 2)
     assert meta["target_code_vocab_size"] == 50400 >= meta["actual_code_vocab_size"] > 50261
@@ -199,38 +211,107 @@ def test_official_files_round_trip(code_tokenizer, owt_dir, tmp_path):
     assert meta_path.read_bytes() == (owt_dir / TOKENIZER_META).read_bytes()
 
 
+def _check_restored(restored, code_tokenizer, golden, owt_dir, official_meta, tmp_path):
+    assert isinstance(restored, CodeTokenizer)
+    assert restored.meta.to_dict() == official_meta
+    assert (restored.pad_token, restored.unk_token, restored.eos_token) == ("[PAD]", "[UNK]", "[EOSEQ]")
+    assert (restored.pad_token_id, restored.unk_token_id, restored.eos_token_id, len(restored)) == (0, 1, 2, 53248)
+    assert torch.equal(restored.encode_windows(golden["gpt2_windows"]), golden["code_ids"])
+    assert restored.decode_to_gpt2_ids(golden["corrupt_code_ids"]) == code_tokenizer.decode_to_gpt2_ids(
+        golden["corrupt_code_ids"]
+    )
+    # ... and back to the official pair, byte for byte
+    json_path, meta_path = restored.save_official_files(tmp_path / "again" / "tok.json")
+    assert json_path.read_bytes() == (owt_dir / TOKENIZER_JSON).read_bytes()
+    assert meta_path.read_bytes() == (owt_dir / TOKENIZER_META).read_bytes()
+
+
 def test_transformers_way_round_trip(code_tokenizer, golden, owt_dir, official_meta, tmp_path):
     from transformers import AutoTokenizer
 
+    folder = tmp_path / "code_tokenizer"
+    code_tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    for key in ("actual_code_vocab_size", "pad_id", "unk_id", "eoseq_id", "base_char_offset", "base_seq_len_tokens"):
+        assert config[key] == official_meta[key], key  # the meta are init arguments in the config
+    assert config["tokenizer_class"] == "CodeTokenizer" and "code_tokenizer_meta" not in config
+    assert config["auto_map"]["AutoTokenizer"][0] == "code_tokenizer.CodeTokenizer"
+    assert (folder / "code_tokenizer.py").is_file() and (folder / "code_tokenizer_meta.py").is_file()  # the code
+    _check_restored(CodeTokenizer.from_pretrained(folder), code_tokenizer, golden, owt_dir, official_meta, tmp_path)
+    remote = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    assert type(remote).__name__ == "CodeTokenizer" and remote.meta.to_dict() == official_meta
+    assert torch.equal(remote.encode_windows(golden["gpt2_windows"]), golden["code_ids"])
+
+
+@pytest.mark.slow
+def test_auto_tokenizer_loads_without_this_package(code_tokenizer, golden, tmp_path):
+    """`AutoTokenizer(..., trust_remote_code=True)` in a process where bitstream_diffusion cannot be imported."""
     code_tokenizer.save_pretrained(tmp_path / "code_tokenizer")
-    config = json.loads((tmp_path / "code_tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))
-    assert config["code_tokenizer_meta"] == official_meta
-    auto = AutoTokenizer.from_pretrained(tmp_path / "code_tokenizer")
-    assert (auto.pad_token, auto.unk_token, auto.eos_token) == ("[PAD]", "[UNK]", "[EOSEQ]")
-    assert (auto.pad_token_id, auto.unk_token_id, auto.eos_token_id, len(auto)) == (0, 1, 2, 53248)
-    for restored in (CodeTokenizer.from_hf(auto), CodeTokenizer.from_pretrained(tmp_path / "code_tokenizer")):
-        assert restored.meta.to_dict() == official_meta
-        assert torch.equal(restored.encode_windows(golden["gpt2_windows"]), golden["code_ids"])
-        assert restored.decode_to_gpt2_ids(golden["corrupt_code_ids"]) == code_tokenizer.decode_to_gpt2_ids(
-            golden["corrupt_code_ids"]
-        )
-        # ... and back to the official pair, byte for byte
-        json_path, meta_path = restored.save_official_files(tmp_path / "again" / "tok.json")
-        assert json_path.read_bytes() == (owt_dir / TOKENIZER_JSON).read_bytes()
-        assert meta_path.read_bytes() == (owt_dir / TOKENIZER_META).read_bytes()
+    torch.save({"windows": golden["gpt2_windows"], "codes": golden["code_ids"]}, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, os, sys
+        sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "bitstream_diffusion"))]
+        assert importlib.util.find_spec("bitstream_diffusion") is None, "the package must not be importable"
+        import torch
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(tmp_path / "code_tokenizer")!r}, trust_remote_code=True)
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        assert torch.equal(tokenizer.encode_windows(io["windows"]), io["codes"])
+        assert tokenizer.decode_to_gpt2_ids(io["codes"]) == io["windows"][:, 1:-1].tolist()
+        assert "bitstream_diffusion" not in sys.modules
+        print("ok", type(tokenizer).__module__)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok transformers_modules" in result.stdout
 
 
-def test_plain_fast_tokenizer_without_meta_infers_official_defaults(code_tokenizer, golden, tmp_path):
+def test_folder_saved_by_version_0_1_still_loads(code_tokenizer, golden, owt_dir, official_meta, tmp_path):
+    """Version 0.1 saved a plain fast tokenizer with the whole meta under `code_tokenizer_meta` in its config."""
+    from transformers import PreTrainedTokenizerFast
+
+    old = PreTrainedTokenizerFast(
+        tokenizer_object=code_tokenizer.backend_tokenizer, pad_token="[PAD]", eos_token="[EOSEQ]", unk_token="[UNK]",
+        code_tokenizer_meta=official_meta,
+    )  # fmt: skip
+    old.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["code_tokenizer_meta"] == official_meta and "auto_map" not in config
+    restored = CodeTokenizer.from_pretrained(tmp_path / "old")
+    _check_restored(restored, code_tokenizer, golden, owt_dir, official_meta, tmp_path)
+    converted = CodeTokenizer.from_legacy_tokenizer(PreTrainedTokenizerFast.from_pretrained(tmp_path / "old"))
+    _check_restored(converted, code_tokenizer, golden, owt_dir, official_meta, tmp_path)
+    restored.save_pretrained(tmp_path / "new")  # saved again, it is written the new way
+    config = json.loads((tmp_path / "new" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert "code_tokenizer_meta" not in config and config["eoseq_id"] == 2
+    assert CodeTokenizer.from_legacy_tokenizer(code_tokenizer) is code_tokenizer
+
+
+def test_plain_tokenizer_without_meta_infers_official_defaults(code_tokenizer, golden, tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     plain = PreTrainedTokenizerFast(tokenizer_object=code_tokenizer.backend_tokenizer)
-    inferred = CodeTokenizer.from_hf(plain)
-    assert (inferred.pad_id, inferred.unk_id, inferred.eoseq_id, inferred.vocab_size) == (0, 1, 2, 53248)
-    assert inferred.meta.base_char_offset == 0xF0000
-    assert torch.equal(inferred.encode_windows(golden["gpt2_windows"][:2]), golden["code_ids"][:2])
+    for inferred in (CodeTokenizer(tokenizer_object=code_tokenizer.backend_tokenizer),
+                     CodeTokenizer.from_legacy_tokenizer(plain)):  # fmt: skip
+        assert (inferred.pad_id, inferred.unk_id, inferred.eoseq_id, inferred.vocab_size) == (0, 1, 2, 53248)
+        assert inferred.meta.base_char_offset == 0xF0000 and inferred.pad_token == "[PAD]"
+        assert torch.equal(inferred.encode_windows(golden["gpt2_windows"][:2]), golden["code_ids"][:2])
     inferred.save_pretrained(tmp_path)  # the inferred meta is saved with it
     config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    assert config["code_tokenizer_meta"]["actual_code_vocab_size"] == 53248
+    assert config["actual_code_vocab_size"] == 53248
+    assert CodeTokenizer.from_pretrained(tmp_path).meta == inferred.meta
+
+
+def test_gpt2_facts_match_the_owt_module():
+    """The code tokenizer's files repeat three GPT-2 facts so they work alone in a saved folder; they must agree."""
+    from bitstream_diffusion.codecs import code_tokenizer_meta, owt
+
+    assert code_tokenizer_meta._GPT2_VOCAB_SIZE == owt.GPT2_VOCAB_SIZE
+    assert code_tokenizer_meta._GPT2_EOS_TOKEN_ID == owt.GPT2_EOS_TOKEN_ID
+    assert code_tokenizer_meta._BASE_SEQUENCE_LENGTH == owt.OWT_BASE_SEQUENCE_LENGTH
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,11 +392,16 @@ def test_meta_from_dict_errors():
         CodeTokenizerMeta.from_dict({"actual_code_vocab_size": True, "pad_id": 0, "eoseq_id": 2, "base_char_offset": 0})
 
 
-def test_not_a_bpe_tokenizer(bert_tokenizer):
+def test_not_a_bpe_tokenizer(bert_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="must be a BPE model"):
-        CodeTokenizer(bert_tokenizer)
-    with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
-        CodeTokenizer(object())
+        CodeTokenizer(tokenizer_object=bert_tokenizer.backend_tokenizer)
+    bert_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="must be a BPE model"):
+        CodeTokenizer(tokenizer_file=tmp_path / "tokenizer.json")
+    with pytest.raises(TypeError, match="tokenizers.Tokenizer.*backend_tokenizer"):
+        CodeTokenizer(tokenizer_object=bert_tokenizer)
+    with pytest.raises(TypeError, match="Expected a CodeTokenizer"):
+        CodeTokenizer.from_legacy_tokenizer(object())
 
 
 def test_encode_decode_input_errors(code_tokenizer):

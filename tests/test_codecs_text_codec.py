@@ -203,7 +203,7 @@ def test_config_round_trip(bert_tokenizer, gpt2_tokenizer, code_tokenizer):
         TextBitCodec(gpt2_tokenizer, code_tokenizer),
         TextBitCodec(gpt2_tokenizer, num_tokens=64, bits_per_token=17, invalid_id_policy="clip"),
     ]
-    for codec, code in zip(codecs, (None, code_tokenizer.hf_tokenizer, None)):
+    for codec, code in zip(codecs, (None, code_tokenizer, None)):
         config = json.loads(json.dumps(codec.to_config()))
         rebuilt = TextBitCodec.from_config(config, codec.tokenizer, code)
         assert rebuilt.to_config() == codec.to_config()
@@ -249,6 +249,8 @@ def test_constructor_errors(bert_tokenizer, gpt2_tokenizer, code_tokenizer):
         TextBitCodec(bert_tokenizer, layout="bert")
     with pytest.raises(ValueError, match="GPT-2 tokenizer the code tokenizer was trained for"):
         TextBitCodec(bert_tokenizer, code_tokenizer)
+    with pytest.raises(TypeError, match="code_tokenizer must be a CodeTokenizer.*from_legacy_tokenizer"):
+        TextBitCodec(gpt2_tokenizer, gpt2_tokenizer)
     with pytest.raises(ValueError, match="Unknown invalid_id_policy"):
         TextBitCodec(bert_tokenizer, layout="lm1b", invalid_id_policy="modulo")
 

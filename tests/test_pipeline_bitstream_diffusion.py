@@ -482,7 +482,7 @@ def test_owt_layout_round_trip_keeps_the_code_tokenizer(owt_parts, gpt2_tokenize
         model=model,
         scheduler=EntropyRateScheduler.from_config(scheduler_config),
         tokenizer=gpt2_tokenizer,
-        code_tokenizer=code_tokenizer.hf_tokenizer,
+        code_tokenizer=code_tokenizer,
     )
     pipe.set_progress_bar_config(disable=True)
     assert pipe.config.codec_layout == "owt" and pipe.codec.bits_per_token == 16
@@ -496,8 +496,8 @@ def test_owt_layout_round_trip_keeps_the_code_tokenizer(owt_parts, gpt2_tokenize
     assert (tmp_path / "code_tokenizer" / "tokenizer_config.json").is_file()
     loaded = BitstreamDiffusionPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    restored = CodeTokenizer.from_hf(loaded.code_tokenizer)
-    assert restored.meta.to_dict() == code_tokenizer.meta.to_dict()
+    assert isinstance(loaded.code_tokenizer, CodeTokenizer)
+    assert loaded.code_tokenizer.meta.to_dict() == code_tokenizer.meta.to_dict()
     assert loaded.codec.to_config() == pipe.codec.to_config()
     assert loaded.bits_to_text(owt["dataset_bits_rows_0_1"]) == decoded["texts_from_dataset_bits_rows_0_1"]
     kwargs = dict(batch_size=2, num_inference_steps=3, generator=seeded(0))
@@ -506,3 +506,30 @@ def test_owt_layout_round_trip_keeps_the_code_tokenizer(owt_parts, gpt2_tokenize
     # an OWT prompt is [EOS] + its GPT-2 ids as codes: the text comes back as the start of every sample
     prompted = loaded(batch_size=2, prompt="The city council", num_inference_steps=3, generator=seeded(1))
     assert all(t.startswith("The city council") for t in prompted.texts)
+
+
+def test_owt_folder_saved_by_version_0_1_loads(owt_parts, gpt2_tokenizer, golden_dir, tmp_path):
+    """Version 0.1 saved the code tokenizer as a plain fast tokenizer with its meta under `code_tokenizer_meta`."""
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    model, code_tokenizer, scheduler_config = owt_parts
+    scheduler = EntropyRateScheduler.from_config(scheduler_config)
+    BitstreamDiffusionPipeline(model=model, scheduler=scheduler, tokenizer=gpt2_tokenizer,
+                               code_tokenizer=code_tokenizer).save_pretrained(tmp_path)  # fmt: skip
+    shutil.rmtree(tmp_path / "code_tokenizer")
+    old = PreTrainedTokenizerFast(
+        tokenizer_object=code_tokenizer.backend_tokenizer, pad_token="[PAD]", eos_token="[EOSEQ]", unk_token="[UNK]",
+        code_tokenizer_meta=code_tokenizer.meta.to_dict(),
+    )  # fmt: skip
+    old.save_pretrained(tmp_path / "code_tokenizer")
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["code_tokenizer"] = ["transformers", type(old).__name__]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    loaded = BitstreamDiffusionPipeline.from_pretrained(tmp_path)
+    assert isinstance(loaded.code_tokenizer, CodeTokenizer)
+    assert loaded.code_tokenizer.meta.to_dict() == code_tokenizer.meta.to_dict()
+    owt = torch.load(golden_dir / "codec" / "owt" / "owt_codec.pt", map_location="cpu", weights_only=True)
+    decoded = json.loads((golden_dir / "codec" / "owt" / "owt_decode.json").read_text())
+    assert loaded.bits_to_text(owt["dataset_bits_rows_0_1"]) == decoded["texts_from_dataset_bits_rows_0_1"]

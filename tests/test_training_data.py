@@ -1,10 +1,13 @@
 """training/data.py on real text: the LM1B, OWT and generic recipes against the codec functions, the on-disk cache
-(reuse, invalidation, atomicity, determinism), streaming, the samplers, the errors and the command line."""
+(reuse, invalidation, atomicity, determinism), streaming, the samplers, the errors and the data-preparation command
+line (examples/prepare_data)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +30,22 @@ from bitstream_diffusion.training.data import (
     build_codec,
     load_code_tokenizer,
     load_text_tokenizer,
-    main,
     prepare_owt_flat_stream,
     prepare_token_rows,
     split_train_validation,
 )
 
 WIKI = "builtin:wiki_summaries"
+PREPARE_DATA = Path(__file__).resolve().parents[1] / "examples" / "prepare_data" / "prepare_data.py"
+
+
+def main(argv: list[str]) -> int:
+    """The data-preparation command line, examples/prepare_data/prepare_data.py."""
+    spec = importlib.util.spec_from_file_location("prepare_data", PREPARE_DATA)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 def _prepare(source, recipe, tokenizer, cache_dir, code_tokenizer=None):
@@ -122,7 +134,8 @@ def test_generic_recipe_on_local_files_streaming_and_not(gpt2_tokenizer, wiki_su
     direct = _prepare(TextSource(data_files=[str(data)]), recipe, gpt2_tokenizer, tmp_path / "a")
     streamed = _prepare(TextSource(data_files=[str(data)], streaming=True), recipe, gpt2_tokenizer, tmp_path / "b")
     assert torch.equal(direct[:], streamed[:])
-    pieces = [ids + [50256] for ids in gpt2_tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]]
+    encoded = gpt2_tokenizer([t.strip() for t in texts], add_special_tokens=False)["input_ids"]
+    pieces = [ids + [50256] for ids in encoded]
     stream = [t for p in pieces for t in p]
     n = len(stream) // 24
     assert torch.equal(direct[:], torch.tensor(stream[: n * 24]).view(n, 24))
@@ -184,6 +197,9 @@ def test_preparation_is_deterministic_and_atomic(bert_tokenizer, tmp_path):
     one = _prepare(source, DataRecipe("lm1b", num_tokens=16), bert_tokenizer, tmp_path / "one")
     two = _prepare(source, DataRecipe("lm1b", num_tokens=16), bert_tokenizer, tmp_path / "two")
     assert one.path.name == two.path.name  # the fingerprint does not depend on where the cache lives
+    from datasets.fingerprint import Hasher
+
+    assert one.path.name.endswith("-" + Hasher.hash(one.meta["fingerprint_inputs"]))  # the key is datasets' Hasher
     assert one.data_file.read_bytes() == two.data_file.read_bytes()
 
     class Failing(TextSource):
@@ -195,6 +211,23 @@ def test_preparation_is_deterministic_and_atomic(bert_tokenizer, tmp_path):
         _prepare(Failing(dataset_name=WIKI, max_documents=50), DataRecipe("lm1b", num_tokens=5), bert_tokenizer,
                  tmp_path / "killed")
     assert list((tmp_path / "killed").iterdir()) == []  # neither a cache nor a temporary folder is left
+
+
+def test_a_finished_cache_is_kept_and_a_broken_one_replaced(bert_tokenizer, tmp_path):
+    from bitstream_diffusion.training.token_cache import _publish
+    from bitstream_diffusion.utils.atomic_io import make_staging_dir
+
+    source, recipe = TextSource(dataset_name=WIKI, max_documents=50), DataRecipe("lm1b", num_tokens=8)
+    rows = _prepare(source, recipe, bert_tokenizer, tmp_path)
+    (rows.path / "meta.json").unlink()  # a leftover without its completion mark is rebuilt
+    (rows.path / "junk").write_text("x")
+    again = _prepare(source, recipe, bert_tokenizer, tmp_path)
+    assert again.path == rows.path and not (again.path / "junk").exists() and torch.equal(again[:], rows[:])
+    staging = make_staging_dir(again.path)  # a second process that finished the same cache later
+    (staging / "mine").write_text("x")
+    kept = _publish(staging, again.path, dict(again.meta))
+    assert kept.path == again.path and not staging.exists() and not (again.path / "mine").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [again.path.name]
 
 
 def test_token_rows_dataset_split_and_sampler(bert_tokenizer, tmp_path):
@@ -276,8 +309,8 @@ def test_tokenizer_loading_offline():
 
 
 def test_prepare_command(tmp_path, capsys):
-    assert main(["prepare", "--dataset_name", WIKI, "--max_documents", "60", "--tokenizer", "packaged:bert-base-uncased",
-                 "--num_tokens", "16", "--cache_dir", str(tmp_path)]) == 0
+    assert main(["prepare", "--dataset_name", WIKI, "--max_documents", "60", "--tokenizer",
+                 "packaged:bert-base-uncased", "--num_tokens", "16", "--cache_dir", str(tmp_path)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = TokenRows(printed["cache"])
     assert printed["num_rows"] == len(rows) > 0 and rows.num_tokens == 16

@@ -577,7 +577,7 @@ def build_pipeline(model, tables, tokenizer, code_tokenizer, codec, *, gamma: fl
     )
     return BitstreamDiffusionPipeline(
         model=model, scheduler=scheduler, tokenizer=tokenizer,
-        code_tokenizer=None if code_tokenizer is None else code_tokenizer.hf_tokenizer,
+        code_tokenizer=code_tokenizer,
         codec_layout=codec.layout, codec_num_tokens=codec.num_tokens,
         codec_clean_up_tokenization_spaces=codec.clean_up_tokenization_spaces,
     )

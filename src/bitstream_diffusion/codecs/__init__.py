@@ -3,9 +3,11 @@
 ``TextBitCodec`` is the one object the pipeline and training use; the modules below it hold each recipe:
 
 * :mod:`.bits`: ids <-> bits for any width, the invalid-id policy;
+* :mod:`.packing`: the one streaming packer, text documents -> token stream -> fixed rows (every recipe uses it);
 * :mod:`.lm1b`: bert-base-uncased packing into 128-token rows and the LM1B decode;
 * :mod:`.owt`: the OWT flat GPT-2 stream and its 1024-token windows;
-* :mod:`.code_tokenizer`: the ``gpt2id_bpe16`` code tokenizer (train, load, save, encode, decode);
+* :mod:`.code_tokenizer`: the ``gpt2id_bpe16`` code tokenizer, a transformers fast tokenizer (load, save, encode,
+  decode), and :mod:`.code_tokenizer_training` to train one;
 * :mod:`.text_codec`: texts <-> ids <-> bits for the ``"lm1b"``, ``"owt"`` and ``"generic"`` layouts.
 """
 
@@ -31,14 +33,15 @@ from .code_tokenizer import (
     gpt2_ids_to_pua,
     pua_to_gpt2_ids,
 )
+from .code_tokenizer_training import train_code_tokenizer_on_flat_stream, train_code_tokenizer_on_windows
 from .lm1b import (
     LM1B_BITS_PER_TOKEN,
     LM1B_SEQUENCE_LENGTH,
     LM1B_VAL_FRACTION,
     LM1B_VOCAB_SIZE,
     LM1BPacking,
-    chunk_token_stream,
     decode_lm1b_ids,
+    lm1b_packer,
     lm1b_split_ranges,
     lm1b_token_stream,
     pack_lm1b_lines,
@@ -51,12 +54,16 @@ from .owt import (
     build_owt_flat_stream,
     normalize_owt_text,
     num_owt_windows,
+    owt_packer,
     owt_window,
     owt_windows,
+    pack_owt_windows,
 )
+from .packing import BOUNDARY_MODES, BoundaryMode, PackingStats, TokenPacker, chunk_token_stream
 from .text_codec import CODEC_LAYOUTS, CodecLayout, TextBitCodec
 
 __all__ = [
+    "BOUNDARY_MODES",
     "CODEC_LAYOUTS",
     "CODE_SPECIAL_TOKENS",
     "DEFAULT_BASE_CHAR_OFFSET",
@@ -69,13 +76,16 @@ __all__ = [
     "LM1B_VAL_FRACTION",
     "LM1B_VOCAB_SIZE",
     "OWT_BASE_SEQUENCE_LENGTH",
+    "BoundaryMode",
     "CodeTokenizer",
     "CodeTokenizerMeta",
     "CodecLayout",
     "InvalidIdPolicy",
     "LM1BPacking",
     "OWTFlatStream",
+    "PackingStats",
     "TextBitCodec",
+    "TokenPacker",
     "apply_invalid_id_policy",
     "binarize_bits",
     "bits_for_vocab",
@@ -88,13 +98,18 @@ __all__ = [
     "fit_code_row",
     "gpt2_ids_to_pua",
     "ids_to_bits",
+    "lm1b_packer",
     "lm1b_split_ranges",
     "lm1b_token_stream",
     "normalize_owt_text",
     "num_owt_windows",
+    "owt_packer",
     "owt_window",
     "owt_windows",
     "pack_lm1b_lines",
+    "pack_owt_windows",
     "pua_to_gpt2_ids",
     "token_to_bits_table",
+    "train_code_tokenizer_on_flat_stream",
+    "train_code_tokenizer_on_windows",
 ]

@@ -34,7 +34,7 @@ __all__ = [
 InvalidIdPolicy = Literal["wrap", "skip", "unk", "clip", "error"]
 """What to do with a decoded id ``>= vocab_size`` (a bit pattern the vocabulary does not use).
 
-* ``"wrap"``: ``id % vocab_size``, the official LM1B / raw-binary decoder ("PATCHED: Modulo wrap-around").
+* ``"wrap"``: ``id % vocab_size``, what the official LM1B and raw-binary decoders do.
 * ``"skip"``: drop the position, the official OWT code decoder (the id is left untouched in tensors and removed when a
   row is turned into an id list or text).
 * ``"unk"``: replace it with the tokenizer's unknown-token id.
@@ -75,8 +75,9 @@ def check_bits_per_token(bits_per_token: int, vocab_size: int | None = None) -> 
         if bits_per_token < needed:
             raise ValueError(
                 f"A vocabulary of {int(vocab_size)} ids needs ceil(log2({int(vocab_size)})) = {needed} bits per token, "
-                f"but bits_per_token={bits_per_token} only holds {2**bits_per_token} ids. Use bits_per_token >= {needed} "
-                f"(or leave it unset to use {needed}), or use a tokenizer with at most {2**bits_per_token} ids."
+                f"but bits_per_token={bits_per_token} only holds {2**bits_per_token} ids. Use bits_per_token >= "
+                f"{needed} (or leave it unset to use {needed}), or use a tokenizer with at most {2**bits_per_token} "
+                "ids."
             )
     return bits_per_token
 
@@ -143,7 +144,8 @@ def ids_to_bits(
         if low < 0 or high >= 2**bits_per_token:
             raise ValueError(
                 f"Token ids must lie in [0, {2**bits_per_token}) to be written with {bits_per_token} bits, got ids in "
-                f"[{low}, {high}]. Increase bits_per_token to at least {bits_for_vocab(max(high, 0) + 1)} or fix the ids."
+                f"[{low}, {high}]. Increase bits_per_token to at least {bits_for_vocab(max(high, 0) + 1)} or fix the "
+                "ids."
             )
     work = ids.to(_work_dtype(bits_per_token))
     bits = (work.unsqueeze(-1) >> _msb_first_shifts(bits_per_token, ids.device).to(work.dtype)) & 1
@@ -171,8 +173,8 @@ def binarize_bits(bits: torch.Tensor, *, threshold: float = 0.5) -> torch.Tensor
     if bits.numel() > 0 and (int(bits.max()) > 1 or int(bits.min()) < 0):
         bad = bits[(bits != 0) & (bits != 1)].unique()[:5].tolist()
         raise ValueError(
-            f"Integer bit tensors must hold only 0 and 1, found {bad}. Pass probabilities as a float tensor to threshold "
-            "them, or ids to `ids_to_bits`."
+            f"Integer bit tensors must hold only 0 and 1, found {bad}. Pass probabilities as a float tensor to "
+            "threshold them, or ids to `ids_to_bits`."
         )
     return bits.to(torch.uint8)
 

@@ -1,6 +1,6 @@
 """The LM1B text recipe of CoBit-S LM1B: bert-base-uncased ids packed into 128-token rows, and its decode.
 
-Packing (the official ``build_lm1b_bert_caches.py`` with its benchmark settings):
+Packing (the official LM1B cache builder with the paper's settings; :class:`~.packing.TokenPacker` does the work):
 
 1. every line is stripped and empty lines are dropped (one line = one sentence);
 2. each line becomes bert-base-uncased ids **without** special tokens (no ``[CLS]``/``[SEP]`` per sentence);
@@ -14,19 +14,19 @@ Rows therefore start and end mid-sentence and carry no padding. The validation s
 Decoding wraps ids modulo the vocabulary (15-bit codes 30522..32767 become ids 0..2245) and calls
 ``tokenizer.batch_decode(ids, skip_special_tokens=False)``, so ``[SEP]``, ``[PAD]`` and ``[unusedN]`` stay literal.
 Space clean-up follows the tokenizer's ``clean_up_tokenization_spaces``, which depends on how it was loaded (the
-official run saw ``False``); pass it explicitly to pin it.
+official run saw ``False``); pass it explicitly to pin it. See ``docs/design.md#codecs``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from .bits import InvalidIdPolicy, apply_invalid_id_policy, filter_invalid_ids
-from .tokenize import encode_plain
+from .packing import TokenPacker, chunk_token_stream
 
 __all__ = [
     "LM1B_BITS_PER_TOKEN",
@@ -37,6 +37,7 @@ __all__ = [
     "LM1BPacking",
     "chunk_token_stream",
     "decode_lm1b_ids",
+    "lm1b_packer",
     "lm1b_split_ranges",
     "lm1b_token_stream",
     "pack_lm1b_lines",
@@ -70,6 +71,28 @@ class LM1BPacking:
     n_nonempty_examples: int
 
 
+def lm1b_packer(
+    tokenizer, *, boundary_token_id: int | Literal["sep"] | None = "sep", batch_size: int = 2048
+) -> TokenPacker:
+    """The LM1B :class:`~.packing.TokenPacker`: stripped lines, ``boundary_token_id`` between consecutive examples.
+
+    Args:
+        tokenizer: a transformers tokenizer (bert-base-uncased for LM1B).
+        boundary_token_id: id inserted between examples. ``"sep"`` (default) means the tokenizer's ``sep_token_id``
+            (the official ``[SEP]`` boundary); ``None`` inserts nothing.
+        batch_size: lines tokenised per call (does not change the result).
+    """
+    if boundary_token_id == "sep":
+        boundary_token_id = getattr(tokenizer, "sep_token_id", None)
+        if boundary_token_id is None:
+            raise ValueError(
+                "The tokenizer has no sep_token_id for the [SEP] boundary; pass boundary_token_id explicitly "
+                "(or None for no boundary)."
+            )
+    boundary = "none" if boundary_token_id is None else "between"
+    return TokenPacker(tokenizer, boundary=boundary, boundary_token_id=boundary_token_id, batch_size=batch_size)
+
+
 def lm1b_token_stream(
     lines: Iterable[str],
     tokenizer,
@@ -81,58 +104,14 @@ def lm1b_token_stream(
 
     Args:
         lines: text lines (one sentence each); each is stripped, empty ones are dropped.
-        tokenizer: a transformers tokenizer (bert-base-uncased for LM1B); called with ``add_special_tokens=False``.
-        boundary_token_id: id inserted between examples. ``"sep"`` (default) means the tokenizer's ``sep_token_id``
-            (the official ``boundary_mode="sep"``); ``None`` inserts nothing.
-        batch_size: lines tokenised per call (does not change the result).
+        tokenizer, boundary_token_id, batch_size: see :func:`lm1b_packer`.
 
     Returns:
         ``(stream, n_nonempty_lines, n_nonempty_examples)``.
     """
-    if boundary_token_id == "sep":
-        boundary_token_id = getattr(tokenizer, "sep_token_id", None)
-        if boundary_token_id is None:
-            raise ValueError(
-                "The tokenizer has no sep_token_id for the [SEP] boundary; pass boundary_token_id explicitly "
-                "(or None for no boundary)."
-            )
-    stripped = [line.strip() for line in lines]
-    nonempty = [line for line in stripped if line]
-    stream: list[int] = []
-    n_examples = 0
-    for start in range(0, len(nonempty), max(1, int(batch_size))):
-        batch = nonempty[start : start + int(batch_size)]
-        for ids in encode_plain(tokenizer, batch):
-            if not ids:
-                continue
-            if n_examples > 0 and boundary_token_id is not None:
-                stream.append(int(boundary_token_id))
-            stream.extend(int(i) for i in ids)
-            n_examples += 1
-    return stream, len(nonempty), n_examples
-
-
-def chunk_token_stream(
-    stream: Sequence[int] | torch.Tensor,
-    seq_len: int,
-    *,
-    keep_remainder: bool = False,
-    pad_id: int | None = None,
-) -> torch.Tensor:
-    """Cut a token stream into ``[n_rows, seq_len]`` rows; the tail is dropped, or right-padded with ``pad_id``."""
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be positive, got {seq_len}.")
-    stream = torch.as_tensor(stream, dtype=torch.long).view(-1)
-    n_full = stream.numel() // seq_len
-    rows = stream[: n_full * seq_len].view(n_full, seq_len)
-    tail = stream[n_full * seq_len :]
-    if keep_remainder and tail.numel() > 0:
-        if pad_id is None:
-            raise ValueError("keep_remainder=True needs a pad_id to right-pad the last row.")
-        last = torch.full((1, seq_len), int(pad_id), dtype=torch.long)
-        last[0, : tail.numel()] = tail
-        rows = torch.cat([rows, last])
-    return rows
+    packer = lm1b_packer(tokenizer, boundary_token_id=boundary_token_id, batch_size=batch_size)
+    stream = packer.token_stream(lines)
+    return stream, packer.stats.nonempty_documents, packer.stats.examples
 
 
 def pack_lm1b_lines(
@@ -142,18 +121,23 @@ def pack_lm1b_lines(
     seq_len: int = LM1B_SEQUENCE_LENGTH,
     boundary_token_id: int | Literal["sep"] | None = "sep",
     keep_remainder: bool = False,
+    max_rows: int | None = None,
 ) -> LM1BPacking:
-    """The official LM1B packed-block cache for ``lines`` (see the module docstring for the recipe)."""
-    stream, n_lines, n_examples = lm1b_token_stream(lines, tokenizer, boundary_token_id=boundary_token_id)
-    rows = chunk_token_stream(stream, seq_len, keep_remainder=keep_remainder, pad_id=tokenizer.pad_token_id)
-    covered = rows.shape[0] * seq_len
+    """The official LM1B packed-block cache for ``lines`` (see the module docstring for the recipe).
+
+    With ``max_rows`` only the first rows are built, reading no more lines than they need (the held-out reference
+    of an evaluation).
+    """
+    packer = lm1b_packer(tokenizer, boundary_token_id=boundary_token_id)
+    rows = packer.pack(lines, seq_len, max_rows=max_rows, keep_remainder=keep_remainder, pad_id=tokenizer.pad_token_id)
+    stats = packer.stats
     return LM1BPacking(
         rows=rows,
-        total_stream_tokens=len(stream),
-        dropped_tail_tokens=0 if keep_remainder else len(stream) - covered,
-        padded_tail_tokens=covered - len(stream) if keep_remainder else 0,
-        n_nonempty_lines=n_lines,
-        n_nonempty_examples=n_examples,
+        total_stream_tokens=stats.total_tokens,
+        dropped_tail_tokens=stats.dropped_tail_tokens,
+        padded_tail_tokens=stats.padded_tail_tokens,
+        n_nonempty_lines=stats.nonempty_documents,
+        n_nonempty_examples=stats.examples,
     )
 
 
@@ -193,7 +177,7 @@ def decode_lm1b_ids(
         ids: ``[B, T]`` (or ``[T]``) ids, possibly ``>= vocab_size`` (15-bit codes).
         tokenizer: bert-base-uncased (any transformers tokenizer works).
         vocab_size: defaults to ``tokenizer.vocab_size`` (30522), what the official decoder wraps by.
-        invalid_id_policy: ``"wrap"`` is the official rule; see :data:`~bitstream_diffusion.codecs.bits.InvalidIdPolicy`.
+        invalid_id_policy: ``"wrap"`` is the official rule; see :data:`~.bits.InvalidIdPolicy`.
         clean_up_tokenization_spaces: ``None`` keeps the tokenizer's own setting; ``False`` is the official run.
 
     Returns:

@@ -75,8 +75,7 @@ class TextBitCodec:
 
     Args:
         tokenizer: the text tokenizer: bert-base-uncased (``"lm1b"``), GPT-2 (``"owt"``) or any transformers tokenizer.
-        code_tokenizer: the OWT code tokenizer (a :class:`CodeTokenizer` or its transformers tokenizer); required
-            for and only used by ``"owt"``.
+        code_tokenizer: the OWT code tokenizer (a :class:`CodeTokenizer`); required for and only used by ``"owt"``.
         layout: ``"lm1b"``, ``"owt"`` or ``"generic"``; by default ``"owt"`` when a code tokenizer is given, else
             ``"generic"``.
         bits_per_token: defaults to ``ceil(log2 vocab_size)`` (15, 16, ...); a smaller value is an error.
@@ -94,7 +93,7 @@ class TextBitCodec:
     def __init__(
         self,
         tokenizer,
-        code_tokenizer: CodeTokenizer | Any | None = None,
+        code_tokenizer: CodeTokenizer | None = None,
         *,
         layout: CodecLayout | None = None,
         bits_per_token: int | None = None,
@@ -113,7 +112,12 @@ class TextBitCodec:
                     "The 'owt' layout needs the second-stage code tokenizer: pass code_tokenizer="
                     "CodeTokenizer.from_official_files(json, meta) or CodeTokenizer.from_pretrained(folder)."
                 )
-            code_tokenizer = CodeTokenizer.from_hf(code_tokenizer)
+            if not isinstance(code_tokenizer, CodeTokenizer):
+                raise TypeError(
+                    f"code_tokenizer must be a CodeTokenizer, got {type(code_tokenizer).__name__}: load it with "
+                    "CodeTokenizer.from_pretrained(folder) or CodeTokenizer.from_official_files(json) (a tokenizer "
+                    "saved by version 0.1 converts with CodeTokenizer.from_legacy_tokenizer)."
+                )
             text_vocab = int(tokenizer.vocab_size)
             if text_vocab < code_tokenizer.meta.vocab_size_gpt2:
                 raise ValueError(
@@ -280,11 +284,11 @@ class TextBitCodec:
     # -- ids <-> bits ---------------------------------------------------------------------------------------------
 
     def ids_to_bits(self, ids: torch.Tensor, *, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-        """``[..., T]`` ids -> ``[..., T * bits_per_token]`` bits (see :func:`~bitstream_diffusion.codecs.bits.ids_to_bits`)."""
+        """``[..., T]`` ids -> ``[..., T * bits_per_token]`` bits (see :func:`~.bits.ids_to_bits`)."""
         return ids_to_bits(ids, self.bits_per_token, dtype=dtype)
 
     def bits_to_ids(self, bits: torch.Tensor) -> torch.Tensor:
-        """``[..., T * m]`` bits or probabilities (``clamp(p, 0, 1) > 0.5``) -> raw ``[..., T]`` ids, not yet wrapped."""
+        """``[..., T * m]`` bits or probabilities (``clamp(p, 0, 1) > 0.5``) -> raw ``[..., T]`` ids (not wrapped)."""
         return bits_to_ids(bits, self.bits_per_token)
 
     # -- ids -> text ----------------------------------------------------------------------------------------------
@@ -336,7 +340,8 @@ class TextBitCodec:
             raise TypeError(f"bits must be a torch.Tensor, got {type(bits).__name__}.")
         if bits.dim() not in (1, 2):
             raise ValueError(
-                f"Expected bits [B, T * {self.bits_per_token}] or [T * {self.bits_per_token}], got shape {tuple(bits.shape)}."
+                f"Expected bits [B, T * {self.bits_per_token}] or [T * {self.bits_per_token}], got shape "
+                f"{tuple(bits.shape)}."
             )
         return self.decode_ids(self.bits_to_ids(bits))
 

@@ -268,7 +268,7 @@ def convert_cobit_checkpoint(
                 "OWT checkpoints need the second-stage code tokenizer: pass --code-tokenizer "
                 "tokenizer_gpt2id_bpe16_65536_base1024.json (and --code-tokenizer-meta, its .meta.json)."
             )
-        code_component = CodeTokenizer.from_official_files(code_tokenizer, code_tokenizer_meta).hf_tokenizer
+        code_component = CodeTokenizer.from_official_files(code_tokenizer, code_tokenizer_meta)
     elif code_tokenizer is not None:
         raise ValueError(f"A code tokenizer is only used by the 'owt' layout, not {layout!r}.")
     pipeline = BitstreamDiffusionPipeline(

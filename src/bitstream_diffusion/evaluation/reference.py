@@ -42,8 +42,6 @@ REFERENCE_PACKINGS: tuple[str, ...] = ("auto", "packed", "rows")
 """``packed``: rows as the training data is packed (LM1B/OWT layouts only); ``rows``: one text per row (the codec's
 ``encode_texts``); ``auto``: ``packed`` for the LM1B and OWT layouts, ``rows`` otherwise."""
 
-_READ_CHUNK = 1024  # texts tokenised at a time while packing; reading stops once enough rows exist
-
 
 class ReferenceRows(NamedTuple):
     """The reference as the protocol scores it (unpacks as ``texts, entropy_ids``).
@@ -116,51 +114,6 @@ def _read_dataset(name: str, config: str | None, split: str, column: str) -> Ite
 # ---------------------------------------------------------------------------------------------------- packing
 
 
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(texts)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _packed_lm1b_rows(texts: Iterable[str], tokenizer, num_tokens: int, num_rows: int) -> torch.Tensor:
-    from ..codecs.lm1b import chunk_token_stream, lm1b_token_stream
-
-    stream: list[int] = []
-    for chunk in _chunks(texts, _READ_CHUNK):
-        part, _, _ = lm1b_token_stream(chunk, tokenizer)
-        if part and stream:
-            stream.append(int(tokenizer.sep_token_id))  # [SEP] between examples, also across chunks
-        stream.extend(part)
-        if len(stream) >= num_rows * num_tokens:
-            break
-    return chunk_token_stream(stream, num_tokens)[:num_rows]
-
-
-def _packed_owt_rows(texts: Iterable[str], codec, num_tokens: int, num_rows: int) -> torch.Tensor:
-    import torch
-
-    from ..codecs.owt import build_owt_flat_stream, owt_windows
-
-    meta = codec.code_tokenizer.meta
-    content_len = meta.base_seq_len_tokens - 2
-    stream: list[int] = []
-    for chunk in _chunks(texts, _READ_CHUNK):
-        part = build_owt_flat_stream(chunk, codec.tokenizer, eos_token_id=meta.eos_token_id_gpt2)
-        stream.extend(part.tokens.tolist())
-        if len(stream) >= num_rows * content_len:
-            break
-    windows = owt_windows(
-        torch.tensor(stream, dtype=torch.long),
-        base_seq_len=meta.base_seq_len_tokens,
-        bos_token_id=meta.bos_token_id_gpt2,
-        eos_token_id=meta.eos_token_id_gpt2,
-        max_windows=num_rows,
-    )
-    if windows.shape[0] == 0:
-        return torch.empty((0, num_tokens), dtype=torch.long)
-    return codec.code_tokenizer.encode_windows(windows, code_seq_len=num_tokens)
-
-
 def reference_token_rows(texts: Iterable[str], codec, num_rows: int, packing: str = "auto") -> torch.Tensor:
     """Pack the first reference texts into at most ``num_rows`` rows of token ids.
 
@@ -180,9 +133,22 @@ def reference_token_rows(texts: Iterable[str], codec, num_rows: int, packing: st
     if packing == "rows":
         return codec.encode_texts(list(itertools.islice(texts, num_rows)))
     if codec.layout == "lm1b":
-        return _packed_lm1b_rows(texts, codec.tokenizer, codec.num_tokens, num_rows)
+        from ..codecs.lm1b import pack_lm1b_lines
+
+        return pack_lm1b_lines(texts, codec.tokenizer, seq_len=codec.num_tokens, max_rows=num_rows).rows
     if codec.layout == "owt":
-        return _packed_owt_rows(texts, codec, codec.num_tokens, num_rows)
+        from ..codecs.owt import pack_owt_windows
+
+        meta = codec.code_tokenizer.meta
+        windows = pack_owt_windows(
+            texts,
+            codec.tokenizer,
+            base_seq_len=meta.base_seq_len_tokens,
+            bos_token_id=meta.bos_token_id_gpt2,
+            eos_token_id=meta.eos_token_id_gpt2,
+            max_windows=num_rows,
+        )
+        return codec.code_tokenizer.encode_windows(windows, code_seq_len=codec.num_tokens)
     raise ValueError(f"packing='packed' needs the lm1b or owt codec layout, not {codec.layout!r}; use 'rows'.")
 
 

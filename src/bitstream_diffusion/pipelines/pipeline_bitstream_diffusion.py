@@ -13,6 +13,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..codecs import CodeTokenizer
 from ..modeling.modeling_sdt import SDTModel
 from ..schedulers.scheduling_entropy_rate import BIT_CENTER, EntropyRateScheduler
 from .codec_mixin import TextBitCodecMixin
@@ -68,8 +69,8 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         model ([`SDTModel`]): the Sequence Diffusion Transformer denoiser.
         scheduler ([`EntropyRateScheduler`]): the entropy-rate noise grid and the EDM churn sampler.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]): bert-base-uncased (LM1B), GPT-2 (OWT) or any tokenizer.
-        code_tokenizer ([`~transformers.PreTrainedTokenizerFast`], *optional*): the OWT second-stage code tokenizer
-            (`CodeTokenizer(...).hf_tokenizer`, its meta in the tokenizer config); only the `"owt"` layout uses it.
+        code_tokenizer ([`~bitstream_diffusion.codecs.CodeTokenizer`], *optional*): the OWT second-stage code tokenizer
+            (a fast tokenizer with its meta in its config); only the `"owt"` layout uses it.
 
     Codec settings (stored in `model_index.json`):
         codec_layout (`str`): `"lm1b"`, `"owt"` or `"generic"` (default: `"owt"` with a code tokenizer, else
@@ -104,6 +105,8 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         super().__init__()
         if codec_layout is None:
             codec_layout = "owt" if code_tokenizer is not None else "generic"
+        if code_tokenizer is not None:  # folders saved by version 0.1 hold a plain fast tokenizer
+            code_tokenizer = CodeTokenizer.from_legacy_tokenizer(code_tokenizer)
         self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, code_tokenizer=code_tokenizer)
         self.register_to_config(
             codec_layout=codec_layout,
