@@ -112,8 +112,12 @@ def test_progress_bar_and_callbacks_across_chunks(make_pipe):
         seen.append((step_index, pipeline.chunk_rows, tensors["sample"].shape[0]))
         return {}
 
+    model_rows = []
+    handle = pipe.model.register_forward_hook(lambda module, args, output: model_rows.append(args[0].shape[0]))
     pipe(batch_size=5, generator=generators(5), max_batch_size=2, callback_on_step_end=record, **RUN)
+    handle.remove()
     calls = pipe.scheduler.num_model_calls(4)
+    assert model_rows == [2] * calls + [2] * calls + [1] * calls  # the model never sees more than a chunk
     assert totals == [3 * calls] and sum(updates) == 3 * calls  # one bar over the three chunks
     assert [s[0] for s in seen] == [0, 1, 2, 3] * 3 and pipe.num_timesteps == 4  # steps restart per chunk
     assert [(s[1], s[2]) for s in seen[::4]] == [(slice(0, 2), 2), (slice(2, 4), 2), (slice(4, 5), 1)]
