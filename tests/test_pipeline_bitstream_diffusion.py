@@ -211,7 +211,7 @@ def test_seeded_runs_repeat_and_gamma_changes_them(make_pipe):
         (dict(known_bits=torch.zeros(30), known_mask=torch.ones(30)), TypeError, "bool"),
         (dict(known_bits=torch.full((30,), 0.5), known_mask=torch.ones(30, dtype=torch.bool)), ValueError, "0 or 1"),
         (dict(known_bits=torch.zeros(31), known_mask=torch.ones(31, dtype=torch.bool)), ValueError, "shape"),
-        (dict(callback_on_step_end_tensor_inputs=["latents"]), ValueError, "latents"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "noise"),  # "latents" is accepted
         (dict(autocast_dtype=torch.float64), ValueError, "autocast_dtype"),
     ],
 )

@@ -1,7 +1,10 @@
 """The CoBit text pipeline (diffusers) and the transformers `pipeline()` task `"bitstream-text-generation"`.
 
 * `pipeline_bitstream_diffusion`: [`BitstreamDiffusionPipeline`], noise -> bits -> text (diffusers);
-* `pipeline_output`: its output; `known_bits`: the prompt / infilling bits it clamps at every step;
+* `pipeline_output`: its output; `pipeline_inputs`: the checks of its arguments; `known_bits`: the prompt /
+  infilling bits it clamps at every step; `codec_mixin`: its text <-> bits codec;
+* `batching`: a large batch split into chunks that fit in memory; `random_streams`: one generator per sample,
+  derived from one seed (the pipeline's chunks and the task's prompts);
 * `pipeline_folder`: the saved folder's root `config.json`, through which transformers finds the SDT;
 * `bitstream_text_generation`: the transformers task (no diffusers import until a task pipeline is built).
 

@@ -108,6 +108,10 @@ class KnownBits:
             )
         return cls(values.contiguous(), mask.contiguous()) if bool(mask.any()) else None
 
+    def select(self, rows: slice) -> KnownBits:
+        """The known bits of the batch rows `rows` (a chunk of the batch)."""
+        return KnownBits(self.values[rows], self.mask[rows])
+
     def to(self, device: torch.device | str) -> KnownBits:
         """The same known bits on `device`."""
         return KnownBits(self.values.to(device), self.mask.to(device))

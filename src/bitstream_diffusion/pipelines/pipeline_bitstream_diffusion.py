@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,21 +16,21 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..codecs import CodeTokenizer
 from ..modeling.modeling_sdt import SDTModel
 from ..schedulers.scheduling_entropy_rate import BIT_CENTER, EntropyRateScheduler
+from .batching import MaxBatchSize, auto_max_batch_size, batch_chunks
 from .codec_mixin import TextBitCodecMixin
 from .known_bits import KnownBits
 from .pipeline_folder import write_transformers_entry_point
-from .pipeline_output import BitstreamDiffusionPipelineOutput
+from .pipeline_inputs import HALF_DTYPES, PipelineInputsMixin
+from .pipeline_output import BitstreamDiffusionPipelineOutput, OutputType
+from .random_streams import derive_sample_generators
 
 __all__ = ["BitstreamDiffusionPipeline", "BitstreamDiffusionPipelineOutput", "DEFAULT_NUM_INFERENCE_STEPS"]
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
-OutputType = Literal["text", "token_ids", "bits", "probs"]
-_OUTPUT_TYPES = ("text", "token_ids", "bits", "probs")
 #: The paper's operating point: "256 NFE" is 255 noise levels = 255 denoiser calls (the official evaluation asks
 #: for `nfe - 1` levels; see docs/design.md#nfe-is-counted-as-model-calls).
 DEFAULT_NUM_INFERENCE_STEPS = 255
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -42,14 +42,19 @@ EXAMPLE_DOC_STRING = """
         >>> gamma = EntropyRateScheduler.gamma_from_paper(0.2, nfe=256)  # the paper's gamma 0.2 at "256 NFE"
         >>> out = pipe(batch_size=4, num_inference_steps=255, gamma=gamma, generator=torch.Generator().manual_seed(0))
         >>> out.texts[0], out.nfe  # 255 noise levels -> 255 denoiser calls ("256 NFE" in the paper)
+        >>> texts = pipe(batch_size=4, num_inference_steps=255, return_dict=False)[0]  # element 0: the output_type
 
         >>> # a text prefix, clamped at every step (the released models are unconditional: best effort)
         >>> out = pipe(prompt="the city council", num_inference_steps=64, generator=torch.Generator().manual_seed(0))
+
+        >>> # 1024 samples in chunks that fit in memory; one generator per sample gives the bits of one big batch
+        >>> generators = [torch.Generator().manual_seed(i) for i in range(1024)]
+        >>> out = pipe(batch_size=1024, generator=generators, max_batch_size="auto", output_type="token_ids")
         ```
 """
 
 
-class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
+class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, DiffusionPipeline):
     r"""
     Text generation with a CoBit continuous bitstream diffusion model (arXiv 2605.07013): unconditional, or with a
     text prefix (`prompt`) or known bits (`known_bits` / `known_mask`) clamped at every step.
@@ -62,8 +67,11 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
     Cost: `num_inference_steps` noise levels are `num_inference_steps` denoiser calls with the Euler solver and carried
     self-conditioning (the paper's sampler; the last level is the final denoise at `terminal_sigma`). "refined"
     self-conditioning and the Heun solver each add one call per step (`scheduler.num_model_calls(n)`); `output.nfe`
-    reports the calls made. The paper's "256 NFE" is `num_inference_steps=255`
+    reports the calls made per sample. The paper's "256 NFE" is `num_inference_steps=255`
     (docs/design.md#nfe-is-counted-as-model-calls).
+
+    Memory: `max_batch_size` (an int, or `"auto"` from the free CUDA memory) runs a large batch as chunks, one after
+    another; with one generator per sample the bits are those of one big batch.
 
     Components:
         model ([`SDTModel`]): the Sequence Diffusion Transformer denoiser.
@@ -85,7 +93,7 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "model"
     _optional_components = ["code_tokenizer"]
-    _callback_tensor_inputs = ["sample", "denoised", "self_cond"]
+    _callback_tensor_inputs = ["sample", "latents", "denoised", "self_cond"]
 
     model: SDTModel
     scheduler: EntropyRateScheduler
@@ -118,82 +126,6 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         self._codec = self._build_codec()  # a codec that cannot hold the vocabulary fails here, not at the first call
 
     # ------------------------------------------------------------------------------------------------ inputs
-    def check_inputs(
-        self,
-        batch_size: int,
-        num_inference_steps: int,
-        gamma: float | None,
-        sequence_length: int,
-        prompt: str | list[str] | None,
-        known_bits: torch.Tensor | None,
-        known_mask: torch.Tensor | None,
-        generator: torch.Generator | list[torch.Generator] | None,
-        output_type: str,
-        autocast_dtype: torch.dtype | None,
-        callback_on_step_end_tensor_inputs: list[str] | None,
-    ) -> None:
-        """Validate every argument of `__call__` up front; raises `ValueError`/`TypeError` saying what to pass."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` (number of samples) must be a positive integer, got {batch_size!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:
-            raise ValueError(
-                "`num_inference_steps` (noise levels, the last one being the final denoise at terminal_sigma; the "
-                f"paper's '256 NFE' is 255) must be an integer >= 2, got {num_inference_steps!r}."
-            )
-        if gamma is not None and (
-            isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf")
-        ):
-            raise ValueError(
-                f"`gamma` (EDM per-step churn; 0 = deterministic) must be a finite number >= 0, got {gamma!r}. "
-                "Convert the paper's value with `EntropyRateScheduler.gamma_from_paper(gamma, nfe)`."
-            )
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
-            raise ValueError(
-                f"`sequence_length` (tokens per sample; bits = tokens x {self.bits_per_token}) must be a positive "
-                f"integer, got {sequence_length!r}."
-            )
-        if output_type not in _OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {list(_OUTPUT_TYPES)}, got {output_type!r}.")
-        if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"Got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator per "
-                    "sample (or a single generator)."
-                )
-            if not all(isinstance(g, torch.Generator) for g in generator):
-                raise TypeError("`generator` must be a `torch.Generator` or a list of them.")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"`generator` must be a `torch.Generator` or a list of them, got {type(generator).__name__}."
-            )
-        if prompt is not None:
-            if not isinstance(prompt, (str, list)) or (
-                isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt)
-            ):
-                raise TypeError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-            if isinstance(prompt, list) and len(prompt) != batch_size:
-                raise ValueError(
-                    f"Got {len(prompt)} prompts for batch_size={batch_size}; pass one prompt per sample or one string."
-                )
-        if (known_bits is None) != (known_mask is None):
-            raise ValueError("Infilling needs both `known_bits` and `known_mask` (True = clamp this bit), or neither.")
-        if known_bits is not None and prompt is not None:
-            raise ValueError("Pass either `prompt` or `known_bits`/`known_mask`, not both.")
-        if autocast_dtype is not None and autocast_dtype not in _HALF_DTYPES:
-            raise ValueError(f"`autocast_dtype` must be torch.bfloat16, torch.float16 or None, got {autocast_dtype!r}.")
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(
-                    f"`callback_on_step_end_tensor_inputs` has unknown entries {unknown}; choose from "
-                    f"{self._callback_tensor_inputs}."
-                )
-        if sequence_length > self.model.config.max_position_embeddings:
-            logger.warning(
-                f"sequence_length={sequence_length} tokens is longer than the model's training rows "
-                f"({self.model.config.max_position_embeddings}); RoPE accepts it, but quality is untested."
-            )
-
     def prepare_known_bits(
         self,
         batch_size: int,
@@ -244,17 +176,19 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         self,
         sample: torch.Tensor,
         known: KnownBits | None,
-        num_inference_steps: int,
         generator: torch.Generator | list[torch.Generator] | None,
         autocast_dtype: torch.dtype | None,
         callback_on_step_end: Callable | None,
         callback_inputs: list[str],
-    ) -> tuple[torch.Tensor, int]:
+        progress_bar,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """
-        Run the scheduler's levels from `sample` (`prepare_latents`): churn -> model call -> scheduler step (->
-        refining call). Known bits are clamped in the state, the model's estimate and the self-conditioning input.
+        Run the scheduler's levels from `sample` (`prepare_latents`; call `scheduler.set_timesteps` first): churn ->
+        model call -> scheduler step (-> refining call). Known bits are clamped in the state, the model's estimate
+        and the self-conditioning input.
 
-        Returns the last model call's probabilities `[B, S]` (at `terminal_sigma`) and the number of model calls.
+        Returns the final state `[B, S]`, the last model call's probabilities `[B, S]` (at `terminal_sigma`) and the
+        number of model calls.
         """
         scheduler = self.scheduler
         autocast = (
@@ -272,34 +206,59 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         sample, self_cond = clamp(sample), clamp(self_cond)
         nfe = 0
         denoised = sample
-        with self.progress_bar(total=scheduler.num_model_calls(num_inference_steps)) as progress_bar:
-            for i in range(len(scheduler.timesteps)):
-                sample_hat, sigma_hat = scheduler.churn(sample, generator=generator)
-                sample_hat = clamp(sample_hat)
-                denoised = clamp(self._denoise(sample_hat, sigma_hat, self_cond, autocast))
-                nfe += 1
-                step = scheduler.step(denoised, sigma_hat, sample_hat)
-                sample = step.prev_sample
-                self_cond = step.self_cond
-                if step.refine_sigma is not None:  # "refined" self-conditioning: D(x_next, sigma_next, D)
-                    progress_bar.update()
-                    self_cond = self._denoise(sample, step.refine_sigma, self_cond, autocast)
-                    nfe += 1
-                    if not bool(torch.isfinite(self_cond.sum(dtype=torch.float32))):  # as the scheduler checks D
-                        raise ValueError(
-                            f"The model output of the refining call at sigma={step.refine_sigma.item():.6g} contains "
-                            "NaN or infinite values; check the model's weights and precision."
-                        )
-                    self_cond = clamp(self_cond)
-
-                if callback_on_step_end is not None:
-                    local = {"sample": sample, "denoised": denoised, "self_cond": self_cond}
-                    callback_kwargs = {name: local[name] for name in callback_inputs}
-                    callback_outputs = callback_on_step_end(self, i, sigma_hat, callback_kwargs) or {}
-                    sample = callback_outputs.pop("sample", sample)
-                    self_cond = callback_outputs.pop("self_cond", self_cond)
+        for i in range(len(scheduler.timesteps)):
+            sample_hat, sigma_hat = scheduler.churn(sample, generator=generator)
+            sample_hat = clamp(sample_hat)
+            denoised = clamp(self._denoise(sample_hat, sigma_hat, self_cond, autocast))
+            nfe += 1
+            step = scheduler.step(denoised, sigma_hat, sample_hat)
+            sample = step.prev_sample
+            self_cond = step.self_cond
+            if step.refine_sigma is not None:  # "refined" self-conditioning: D(x_next, sigma_next, D)
                 progress_bar.update()
-        return denoised, nfe
+                self_cond = self._denoise(sample, step.refine_sigma, self_cond, autocast)
+                nfe += 1
+                if not bool(torch.isfinite(self_cond.sum(dtype=torch.float32))):  # as the scheduler checks D
+                    raise ValueError(
+                        f"The model output of the refining call at sigma={step.refine_sigma.item():.6g} contains "
+                        "NaN or infinite values; check the model's weights and precision."
+                    )
+                self_cond = clamp(self_cond)
+
+            if callback_on_step_end is not None:
+                sample, self_cond = self._run_callback(
+                    callback_on_step_end, callback_inputs, i, sigma_hat, sample, denoised, self_cond
+                )
+            progress_bar.update()
+        return sample, denoised, nfe
+
+    def _run_callback(
+        self,
+        callback_on_step_end: Callable,
+        callback_inputs: list[str],
+        step_index: int,
+        sigma: torch.Tensor,
+        sample: torch.Tensor,
+        denoised: torch.Tensor,
+        self_cond: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Call `callback_on_step_end(self, step_index, sigma, callback_kwargs)` and take back the state and the
+        self-conditioning input it returns. `"latents"` (the diffusers name) and `"sample"` are the same tensor; a
+        callback may return either (both only if they are the same tensor).
+        """
+        local = {"sample": sample, "latents": sample, "denoised": denoised, "self_cond": self_cond}
+        callback_outputs = callback_on_step_end(self, step_index, sigma, {k: local[k] for k in callback_inputs}) or {}
+        replacements = [
+            callback_outputs[name] for name in ("sample", "latents") if callback_outputs.get(name) is not None
+        ]
+        replacements = [tensor for tensor in replacements if tensor is not sample]
+        if len(replacements) == 2 and replacements[0] is not replacements[1]:
+            raise ValueError(
+                "The callback returned different tensors as `sample` and `latents`, which name the same state; "
+                "return one of them."
+            )
+        return (replacements[0] if replacements else sample), callback_outputs.get("self_cond", self_cond)
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -323,6 +282,7 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
         known_mask: torch.Tensor | None = None,
         return_probs: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        max_batch_size: MaxBatchSize = None,
     ) -> BitstreamDiffusionPipelineOutput | tuple:
         r"""
         Generate text.
@@ -345,22 +305,28 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
                 A text prefix per sample: its bits are clamped at every step, the way the official sampler
                 conditions on a prefix. The released models are unconditional, so the continuation is best effort.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
-                The noise source (CPU float32, `torch.randn` semantics). One generator draws the initial `[B, S]`
+                The noise source (float32, `torch.randn` semantics). One generator draws the initial `[B, S]`
                 noise, then one `[B, S]` draw per churned step, which reproduces the official sampler sample for
                 sample. A list (one per sample) draws each sample's `[1, S]` slices from its own generator, so a
-                sample does not depend on the batch it runs in (docs/design.md#random-draws).
+                sample does not depend on the batch it runs in (docs/design.md#random-draws). With `max_batch_size`
+                set, a single generator is first turned into one generator per sample (see `max_batch_size`).
             output_type (`str`, defaults to `"text"`):
-                `"text"` decodes texts; `"token_ids"` and `"bits"` skip decoding; `"probs"` also returns the final
-                probabilities. `token_ids` and `bits` are always returned.
+                The primary output, element 0 of the output as a tuple: `"text"` (decoded `texts`), `"token_ids"`,
+                `"bits"` (no decoding), `"probs"` (the final probabilities), or `"latent"` (the sampler's final state
+                on the model's device, as diffusers returns latents). `token_ids` and `bits` are always returned.
             return_dict (`bool`, defaults to `True`):
-                Return a [`BitstreamDiffusionPipelineOutput`], else the tuple `(texts, token_ids, bits, probs, nfe)`.
+                Return a [`BitstreamDiffusionPipelineOutput`], else its tuple `(primary, token_ids, bits, probs,
+                nfe)`, where `primary` is the output of `output_type` (`texts` for "text") and `probs` is `None`
+                unless asked for; `pipe(..., return_dict=False)[0]` equals `pipe(...)[0]`.
             callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*):
                 `fn(pipe, step_index, sigma, callback_kwargs) -> dict` called after every scheduler step, with the
-                tensors named in `callback_on_step_end_tensor_inputs`; a returned `"sample"` or `"self_cond"` replaces
-                the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["sample"]`):
-                Tensors for the callback: `"sample"` (the state after the step), `"denoised"` (this call's `D`),
-                `"self_cond"` (the next call's self-conditioning input).
+                tensors named in `callback_on_step_end_tensor_inputs`; a returned `"sample"` (or `"latents"`) or
+                `"self_cond"` replaces the pipeline's. `step_index` counts the scheduler steps of one run
+                (`0 .. pipe.num_timesteps - 1`); a batch split into chunks runs the steps once per chunk, and the
+                callback sees the rows `pipe.chunk_rows` of the batch.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `["sample", "latents"]`):
+                Tensors for the callback: `"sample"` (the state after the step) or its diffusers name `"latents"`,
+                `"denoised"` (this call's `D`), `"self_cond"` (the next call's self-conditioning input).
             known_bits (`torch.Tensor` of shape `(num_bits,)` or `(batch_size, num_bits)`, *optional*):
                 Infilling: the values (0/1) of the known bits, e.g. from `pipe.text_to_bits(text)`.
             known_mask (`torch.BoolTensor`, *optional*):
@@ -372,23 +338,32 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
                 `torch.bfloat16` (or `torch.float16`) runs the network under autocast, as the official evaluation
                 does; the matched filter, sigmoid and sampler stay float32. Defaults to the model's dtype when the
                 model is in half precision, else float32 without autocast.
+            max_batch_size (`int` or `"auto"`, *optional*):
+                The most samples run at once: a larger `batch_size` runs as chunks of this size, one after another,
+                with one progress bar over all of them. `"auto"` sizes the chunks from the free CUDA memory and the
+                model config (on other devices the batch runs whole). With one generator per sample (a list) the
+                bits are those of one big batch. A single generator cannot be split that way (it draws the whole
+                batch at once), so with `max_batch_size` set it is turned into one generator per sample, derived from
+                one draw of it (`random_streams.derive_sample_generators`): the samples then depend on the seed only,
+                not on the chunk size, the free memory or the machine, but they differ from a run without
+                `max_batch_size`. Without a generator the chunks draw from torch's global generator in turn.
 
         Examples:
 
         Returns:
-            [`BitstreamDiffusionPipelineOutput`] or `tuple`: `texts`, `token_ids`, `bits`, `probs`, `nfe`.
+            [`BitstreamDiffusionPipelineOutput`] or `tuple` `(primary, token_ids, bits, probs, nfe)`.
         """
         # 0. Defaults
         num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS if num_inference_steps is None else num_inference_steps
         sequence_length = self.codec.num_tokens if sequence_length is None else sequence_length
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_inputs = callback_on_step_end_tensor_inputs or ["sample"]
+        callback_inputs = callback_on_step_end_tensor_inputs or ["sample", "latents"]
         if batch_size == 1 and isinstance(prompt, list):
             batch_size = len(prompt)
         if batch_size == 1 and known_bits is not None and torch.as_tensor(known_bits).dim() == 2:
             batch_size = torch.as_tensor(known_bits).shape[0]
-        if autocast_dtype is None and self.model.dtype in _HALF_DTYPES:
+        if autocast_dtype is None and self.model.dtype in HALF_DTYPES:
             autocast_dtype = self.model.dtype
 
         # 1. Check inputs
@@ -404,44 +379,73 @@ class BitstreamDiffusionPipeline(TextBitCodecMixin, DiffusionPipeline):
             output_type,
             autocast_dtype,
             callback_inputs,
+            max_batch_size,
         )
 
         # 2. Known bits (a prompt or infilling), clamped at every step
         known = self.prepare_known_bits(batch_size, sequence_length, prompt, known_bits, known_mask)
 
-        # 3. Noise levels
-        self.scheduler.set_timesteps(num_inference_steps, gamma=gamma)
-        self._num_timesteps = len(self.scheduler.timesteps)
-
-        # 4. Initial state (the first noise draw)
+        # 3. Chunks of the batch, each with its own generators
         device = self.model.device if not hasattr(self.model, "_hf_hook") else self._execution_device
-        sample = self.prepare_latents(batch_size, sequence_length * self.bits_per_token, device, generator)
-        if known is not None:
-            known = known.to(device)
+        if max_batch_size is not None and isinstance(generator, torch.Generator):  # "auto" too: machine-independent
+            generator = derive_sample_generators(generator, batch_size)
+        if max_batch_size == "auto":
+            max_batch_size = auto_max_batch_size(self.model.config, sequence_length, device)
+        chunks = batch_chunks(batch_size, max_batch_size)
 
-        # 5. Denoising loop (one noise draw per churned step)
-        denoised, nfe = self._denoising_loop(
-            sample, known, num_inference_steps, generator, autocast_dtype, callback_on_step_end, callback_inputs
-        )
+        finals, probs = [], []
+        calls_per_run = self.scheduler.num_model_calls(num_inference_steps)
+        with self.progress_bar(total=len(chunks) * calls_per_run) as progress_bar:
+            for rows in chunks:
+                self._chunk_rows = rows
+                chunk_generator = generator[rows] if isinstance(generator, list) else generator
+                chunk_known = None if known is None else known.select(rows).to(device)
+
+                # 4. Noise levels, then the initial state (the first noise draw)
+                self.scheduler.set_timesteps(num_inference_steps, gamma=gamma)
+                self._num_timesteps = len(self.scheduler.timesteps)
+                num_bits = sequence_length * self.bits_per_token
+                sample = self.prepare_latents(rows.stop - rows.start, num_bits, device, chunk_generator)
+
+                # 5. Denoising loop (one noise draw per churned step)
+                final, denoised, nfe = self._denoising_loop(
+                    sample,
+                    chunk_known,
+                    chunk_generator,
+                    autocast_dtype,
+                    callback_on_step_end,
+                    callback_inputs,
+                    progress_bar,
+                )
+                probs.append(denoised.float().cpu())
+                if output_type == "latent":
+                    finals.append(final.float())
 
         # 6. Bits -> ids -> text
-        probs = denoised.float().cpu()
+        probs = probs[0] if len(probs) == 1 else torch.cat(probs)
         bits = (probs > 0.5).to(torch.uint8)
         token_ids = self.codec.bits_to_ids(bits)
         texts = self.codec.decode_ids(token_ids) if output_type == "text" else None
+        latents = (finals[0] if len(finals) == 1 else torch.cat(finals)) if finals else None
         if not return_probs and output_type != "probs":
             probs = None
         if getattr(self, "_all_hooks", None):  # only offloading installs hooks; skip the component walk otherwise
             self.maybe_free_model_hooks()
 
-        if not return_dict:
-            return (texts, token_ids, bits, probs, nfe)
-        return BitstreamDiffusionPipelineOutput(texts=texts, token_ids=token_ids, bits=bits, probs=probs, nfe=nfe)
+        output = BitstreamDiffusionPipelineOutput(
+            texts=texts, token_ids=token_ids, bits=bits, probs=probs, nfe=nfe, latents=latents, output_type=output_type
+        )
+        return output if return_dict else output.to_tuple()
 
     @property
     def num_timesteps(self) -> int:
-        """Scheduler calls of the last run (Heun counts its correction calls)."""
+        """Scheduler calls of the last run (Heun counts its correction calls); a chunked batch runs them per chunk."""
         return self._num_timesteps
+
+    @property
+    def chunk_rows(self) -> slice | None:
+        """The rows of the batch that the running (or last) chunk holds: what a callback's tensors are."""
+        return getattr(self, "_chunk_rows", None)
 
     # ------------------------------------------------------------------------------------------------ saving
     def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
