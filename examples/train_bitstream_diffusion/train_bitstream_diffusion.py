@@ -76,8 +76,7 @@ from bitstream_diffusion.utils.atomic_io import write_json_atomic, write_text_at
 
 logger = get_logger(__name__, log_level="INFO")
 
-SCRIPT_DIR = Path(__file__).resolve().parent
-DEFAULT_CONFIG = SCRIPT_DIR / "configs" / "tiny-wiki.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny-wiki.yaml"  # the quickstart
 SUMMARY_FILE = "train_summary.json"
 MODEL_OVERRIDE_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dropout")
 
@@ -135,11 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cobit-s-lm1b, cobit-s-owt or cobit-m-owt (SDTConfig.from_preset).")
     model.add_argument("--model_config_name_or_path", type=str, default=None,
                        help="An SDTConfig folder or JSON instead of the preset.")
-    model.add_argument("--hidden_size", type=int, default=None)
-    model.add_argument("--num_hidden_layers", type=int, default=None)
-    model.add_argument("--num_attention_heads", type=int, default=None)
-    model.add_argument("--intermediate_size", type=int, default=None)
-    model.add_argument("--dropout", type=float, default=None)
+    for name in MODEL_OVERRIDE_FLAGS:
+        model.add_argument(f"--{name}", type=float if name == "dropout" else int, default=None,
+                           help="Overrides the value of the preset or config.")
     model.add_argument("--gradient_checkpointing", type=str2bool, default=False)
 
     diffusion = parser.add_argument_group("diffusion")
