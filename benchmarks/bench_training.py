@@ -2,11 +2,11 @@
 """Training throughput of the accelerate script's step: optimizer steps/s and tokens/s, with and without
 self-conditioning, for one config and batch size. Prints one JSON object.
 
-Each timed step is exactly the training script's: sigma from the paper's sampler, ``x_t = x0 + sigma * eps``, the
-self-conditioning bootstrap pass (when on), the SDT forward, the EDM-weighted loss, backward, clip, AdamW, EMA update
-and the entropy-estimator update. Rows are real prepared token rows of the config's corpus (random rows with
-``--synthetic``). The model is built from the config (preset + overrides), so ``--config configs/cobit-s-owt.yaml``
-times CoBit-S OWT.
+Each timed step is the training script's: sigma from the paper's sampler, ``x_t = x0 + sigma * eps``, the
+self-conditioning bootstrap pass (when on), the SDT forward (``bitstream_diffusion.training.noisy_batch``), the
+EDM-weighted loss, backward, clip, AdamW, EMA update and the entropy-estimator update. Rows are real prepared token
+rows of the config's corpus (random rows with ``--synthetic``). The model is built from the config (preset +
+overrides), so ``--config configs/cobit-s-owt.yaml`` times CoBit-S OWT.
 
     python benchmarks/bench_training.py --config examples/train_bitstream_diffusion/configs/tiny-wiki.yaml \
         --train_batch_size 32 --steps 20
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         ExponentialMovingAverage,
         TrainingSigmaSampler,
         bitstream_loss,
+        noisy_batch,
     )
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
@@ -98,9 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
         def one_step(step: int) -> None:
             generator.manual_seed(step)
             ids = rows(step).to(device)
-            x0, sigma, logits = train.noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=sampler,
-                                                  step=step, tables=None, generator=generator,
-                                                  self_conditioning_prob=prob)
+            x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=sampler,
+                                            step=step, tables=None, generator=generator, self_conditioning_prob=prob)
             loss, mse = bitstream_loss(logits, x0, sigma)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
         "timed_steps": own.steps,
         "with_self_conditioning": with_sc,
         "without_self_conditioning": without_sc,
-        "slowdown_with_self_conditioning": round(without_sc["optimizer_steps_per_s"] / with_sc["optimizer_steps_per_s"], 3),
+        "slowdown_with_self_conditioning": round(
+            without_sc["optimizer_steps_per_s"] / with_sc["optimizer_steps_per_s"], 3
+        ),
         "paper_mean_cost_note": "training uses p=0.5, so on average half the steps pay the bootstrap pass",
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -1,53 +1,52 @@
-"""The paper's LR schedule (warm-up + cosine to 1e-6) and the constant-decay EMA."""
+"""The paper's LR schedule (transformers' cosine_with_min_lr: warm-up from 0, cosine to 1e-6) and the constant-decay
+EMA."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from transformers import get_scheduler
 
-from bitstream_diffusion.training import (
-    ExponentialMovingAverage,
-    get_lr_lambda,
-    warmup_cosine_lr,
-)
+from bitstream_diffusion.training import ExponentialMovingAverage
 
 
-def _official_lr(calls: int, base: float, warm: int, total: int, min_lr: float = 1e-6) -> float:
-    """REFERENCE_TRAINING §6.3: the lr after ``calls`` calls of the official WarmUpCosineDecayScheduler."""
+def _paper_lr(calls: int, base: float, warm: int, total: int, min_lr: float = 1e-6) -> float:
+    """The paper's schedule written out: the lr after ``calls`` scheduler steps (linear warm-up from 0, then cosine
+    from ``base`` to ``min_lr`` at ``total``)."""
     if calls < warm:
         return base * calls / max(1, warm)
     prog = min(max((calls - warm) / max(1, total - warm), 0.0), 1.0)
     return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * prog))
 
 
-def test_lambda_lr_matches_the_official_schedule_after_the_first_step():
-    base, warm, total = 3e-4, 25, 200
+def _lrs_used(base: float, warm: int, total: int) -> list[float]:
+    """The lr of every optimizer step of a run, the way the training script builds and steps the schedule."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=base)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, get_lr_lambda(base_lr=base, warmup_steps=warm, total_steps=total)
-    )
+    scheduler = get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warm, num_training_steps=total,
+                              scheduler_specific_kwargs={"min_lr": 1e-6})
     used = []
-    for _ in range(total + 10):
+    for _ in range(total):
         used.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert used[0] == 0.0  # official: base lr at the very first step (the quirk), documented
-    for i in range(1, len(used)):
-        assert used[i] == pytest.approx(_official_lr(i, base, warm, total), rel=1e-12, abs=1e-15)
-    assert used[-1] == pytest.approx(1e-6)
+    used.append(optimizer.param_groups[0]["lr"])
+    return used
 
 
-def test_first_step_quirk_on_request_and_paper_values():
-    quirk = get_lr_lambda(base_lr=3e-4, warmup_steps=2500, total_steps=1_000_000, first_step_full_lr=True)
-    assert quirk(0) == 1.0 and quirk(1) == pytest.approx(1 / 2500)
-    assert warmup_cosine_lr(750_000, base_lr=3e-4, warmup_steps=2500, total_steps=1_000_000) == pytest.approx(
-        4.5e-5, rel=0.02
-    )
-    with pytest.raises(ValueError):
-        get_lr_lambda(base_lr=0.0, warmup_steps=1, total_steps=2)
+@pytest.mark.parametrize("base, warm, total", [(3e-4, 25, 200), (1e-3, 5, 40), (3e-4, 2500, 20_000), (3e-4, 0, 50)])
+def test_transformers_cosine_with_min_lr_is_the_paper_schedule(base, warm, total):
+    used = _lrs_used(base, warm, total)
+    paper = [_paper_lr(i, base, warm, total) for i in range(len(used))]
+    assert used[0] == (0.0 if warm else base)  # warm-up starts at 0: the first step runs at lr 0
+    assert used[-1] == pytest.approx(1e-6, rel=1e-12)
+    for i, (got, want) in enumerate(zip(used, paper, strict=True)):
+        assert got == pytest.approx(want, rel=1e-15, abs=1e-22), i  # float64 rounding only
+    # the weights are float32: there the two are the same number at every step
+    assert np.array_equal(np.asarray(used, dtype=np.float32), np.asarray(paper, dtype=np.float32))
 
 
 def test_ema_constant_decay_over_trainable_parameters(tmp_path):
@@ -83,3 +82,18 @@ def test_ema_reads_ddp_and_compiled_names():
     ema = ExponentialMovingAverage(wrapper)
     assert sorted(ema.shadow) == ["bias", "weight"]
     ema.update(inner)
+
+
+def test_ema_average_parameters_swaps_in_and_back():
+    model = torch.nn.Linear(2, 2)
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    raw = model.weight.detach().clone()
+    with ema.average_parameters(model):
+        assert torch.equal(model.weight, ema.shadow["weight"]) and not torch.equal(model.weight, raw)
+    assert torch.equal(model.weight, raw)
+    with pytest.raises(RuntimeError, match="boom"), ema.average_parameters(model):
+        raise RuntimeError("boom")
+    assert torch.equal(model.weight, raw)  # restored on an error too

@@ -1,5 +1,6 @@
-"""Training-side library of CoBit: the loss, the training σ distribution, the online entropy-rate estimator,
-self-conditioning, and the paper's LR schedule and EMA (REFERENCE_TRAINING §4–6, DESIGN §5.2, §5.7).
+"""Training-side library of CoBit: the objective and its loss, the training sigma distribution, the online
+entropy-rate estimator, self-conditioning, the EMA, checkpoints, and the pieces the training script
+(``examples/train_bitstream_diffusion``) builds on. The design decisions are explained in ``docs/design.md#training``.
 
 One training step, in the official order (each random draw from one ``generator``)::
 
@@ -11,10 +12,19 @@ One training step, in the official order (each random draw from one ``generator`
     estimator.update(sigma, mse)                                                 # every rank, gathered
     step += 1; estimator.maybe_refresh(step)
 
-Data (:mod:`.data`): the LM1B, OWT and generic recipes that turn text into cached token rows
-(``prepare_token_rows(TextSource(...), DataRecipe(...), tokenizer)``), and ``train_code_tokenizer`` for OWT.
+(:func:`noisy_batch` does the first three lines for a batch of token ids.) The learning-rate schedule is transformers'
+``get_scheduler("cosine_with_min_lr", ...)``.
+
+Modules: :mod:`.objective` (one batch's forward pass, seeds, validation loss), :mod:`.checkpointing` (checkpoint
+folders and the training state), :mod:`.divergence` (the NaN stop), :mod:`.distributed` (gathering rows from every
+process), :mod:`.config_file` (YAML configs for flags), :mod:`.reporting` (logs, the run summary), :mod:`.export`
+(the pipeline folder; imported on use, it loads diffusers), and :mod:`.data`: the LM1B, OWT and generic recipes that
+turn text into cached token rows (``prepare_token_rows(TextSource(...), DataRecipe(...), tokenizer)``) and
+``train_code_tokenizer`` for OWT.
 """
 
+from .checkpointing import TrainingState
+from .config_file import load_config_file, parse_args_with_config, str2bool
 from .data import (
     DataRecipe,
     EmptyCorpusError,
@@ -26,7 +36,8 @@ from .data import (
     prepare_token_rows,
     train_code_tokenizer,
 )
-from .distributed import GatherFn, gather_across_ranks
+from .distributed import GatherFn, accelerate_gather_fn, gather_across_ranks
+from .divergence import TrainingDivergedError, check_finite, check_finite_logits, nonfinite_logits
 from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
 from .entropy_tables import (
     TABLE_NAMES,
@@ -39,7 +50,8 @@ from .entropy_tables import (
     tables_to_config,
 )
 from .loss import LossType, LossWeighting, bitstream_loss, loss_weight
-from .optim import ExponentialMovingAverage, get_lr_lambda, warmup_cosine_lr
+from .objective import noisy_batch, per_example_loss, step_seed, validation_loss
+from .optim import ExponentialMovingAverage
 from .self_conditioning import Denoiser, self_conditioning_estimate
 from .sigma_sampling import (
     TrainingSigmaSampler,
@@ -66,22 +78,33 @@ __all__ = [
     "GatherFn",
     "LossType",
     "LossWeighting",
+    "TrainingDivergedError",
     "TrainingSigmaSampler",
+    "TrainingState",
+    "accelerate_gather_fn",
     "bitstream_loss",
+    "check_finite",
+    "check_finite_logits",
     "check_entropy_tables",
     "edges_from_midpoints",
     "entropy_mixing_weight",
     "gather_across_ranks",
-    "get_lr_lambda",
     "load_entropy_tables",
+    "load_config_file",
     "lognormal_fit",
     "lognormal_prior_tables",
     "loss_weight",
+    "noisy_batch",
+    "nonfinite_logits",
+    "parse_args_with_config",
+    "per_example_loss",
     "sample_lognormal_sigma",
     "sample_sigma_from_tables",
     "save_entropy_tables",
     "self_conditioning_estimate",
+    "step_seed",
+    "str2bool",
     "tables_from_config",
     "tables_to_config",
-    "warmup_cosine_lr",
+    "validation_loss",
 ]

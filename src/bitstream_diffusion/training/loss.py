@@ -34,7 +34,8 @@ def loss_weight(sigma: torch.Tensor, *, sigma_data: float = 0.5, weighting: Loss
 
     Args:
         sigma: noise levels, shape ``[B]`` (or ``[B, 1]``), in {0,1}-bit units, all > 0.
-        sigma_data: the data standard deviation σ_d of the EDM weighting (0.5 for CoBit, DESIGN §5.2).
+        sigma_data: the data standard deviation σ_d of the EDM weighting (0.5 for CoBit: a fair bit has standard
+            deviation 0.5; see ``docs/design.md#input-and-noise-scaling-sigma_data--05``).
         weighting: ``"edm"`` for ``(σ² + σ_d²) / (σ² σ_d²)``, ``"none"`` for 1.
 
     Returns:

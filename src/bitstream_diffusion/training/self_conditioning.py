@@ -1,4 +1,4 @@
-"""Self-conditioning in training, the official recipe (REFERENCE_TRAINING §6.2, §8 item 2).
+"""Self-conditioning in training, the official recipe (see ``docs/design.md#self-conditioning-none-versus-zeros``).
 
 Per example, with probability ``prob`` (paper: 0.5), the main forward pass receives an estimate of the clean bits
 from a first "bootstrap" pass of the same model on the same noisy input:
