@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .gen_ppl import DEFAULT_EVALUATOR, resolve_dtype
+from .gen_ppl import DEFAULT_EVALUATOR, _looks_like_path, resolve_dtype
 
 __all__ = ["DEFAULT_FEATURIZER", "MauveFeaturizer", "MauveResult", "compute_mauve", "mauve_from_features"]
 
@@ -150,6 +150,12 @@ def _load_featurizer(model_id: str, dtype: torch.dtype):
         raise ValueError(f"`featurize_model_id` must be a model folder or a hub id, not a file: {model_id!r}.")
     if os.path.isdir(local):
         model_id = local
+    elif _looks_like_path(model_id):
+        raise FileNotFoundError(
+            f"The MAUVE featuriser folder {model_id!r} does not exist. Pass a causal LM folder saved with "
+            f"`save_pretrained` (offline: `bitstream_diffusion.offline.prepare_gguf_evaluator()`) or a hub id such "
+            f"as {DEFAULT_FEATURIZER!r}."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         model = AutoModel.from_pretrained(model_id, dtype=dtype)
