@@ -110,3 +110,26 @@ def test_real_text_is_close_to_real_text_and_far_from_word_salad(wiki_summaries)
     assert salad.mauve < 0.4, salad.mauve
     assert real.mauve - salad.mauve > 0.5
     assert mauve_from_features(features["real"], features["references"], seed=25).mauve == real.mauve
+
+
+def test_evaluate_module_loads_offline_and_calls_compute_mauve(tmp_path, tiny_causal_lm, gpt2_tokenizer,
+                                                               wiki_summaries):
+    import os
+    from pathlib import Path
+
+    import evaluate
+    from evaluate.loading import get_imports
+
+    folder = Path(__file__).resolve().parents[1] / "metrics" / "mauve"
+    libraries = {name for kind, name, *_ in get_imports(str(folder / "mauve.py")) if kind == "library"}
+    assert libraries == {"datasets", "evaluate", "bitstream_diffusion"}
+    assert os.environ.get("HF_EVALUATE_OFFLINE") == "1"
+    metric = evaluate.load(str(folder))
+    assert sorted(metric.features) == ["predictions", "references"] and "pillutla2021mauve" in metric.citation
+
+    tiny_causal_lm.save_pretrained(tmp_path / "featurizer")
+    gpt2_tokenizer.save_pretrained(tmp_path / "featurizer")
+    kwargs = dict(featurize_model_id=str(tmp_path / "featurizer"), max_text_length=16, num_buckets=3, device="cpu")
+    out = metric.compute(predictions=wiki_summaries[:12], references=wiki_summaries[12:24], **kwargs)
+    direct = compute_mauve(wiki_summaries[:12], wiki_summaries[12:24], **kwargs)
+    assert out["mauve"] == direct.mauve and out["num_predictions"] == 12
