@@ -286,3 +286,9 @@ def test_bad_input_is_named(tiny_sdt_factory, bits, kwargs, error, match):
     model = tiny_sdt_factory(seed=1, scale=0.1)
     with pytest.raises(error, match=match):
         compute_vlb(model, bits, **{"batch_size": 2, "show_progress": False, **kwargs})
+
+
+def test_perplexity_bound_of_a_hopeless_model_is_infinite_not_an_error():
+    from bitstream_diffusion.evaluation.vlb import _power_of_two
+
+    assert _power_of_two(10.0) == 1024.0 and _power_of_two(5000.0) == math.inf

@@ -14,7 +14,7 @@ For a row ``x0`` in {0,1}^S the continuous-time variance-exploding bound (VDM, K
 Both model calls get the self-conditioning input "all zeros" (the model's "every bit predicted 0" estimate, which it
 centres internally), as the official estimator does. Results are reported in bits per bit:
 ``X_bpd = mean over rows of X / (S ln 2)``. The random draws are made by :mod:`.vlb_draws` in the official order,
-so a seeded ``torch.Generator`` reproduces the official numbers in float32 (see ``docs/design.md#likelihood``).
+so a seeded ``torch.Generator`` reproduces the official numbers in float32 (see ``docs/evaluation.md#likelihood``).
 """
 
 from __future__ import annotations
@@ -187,6 +187,13 @@ def _check_settings(batch_size, num_mc_samples, sigma_sampling, sigma_min, sigma
         raise ValueError(f"`p_std` must be finite and > 0 for log-normal sampling, got {p_std}.")
 
 
+def _power_of_two(exponent: float) -> float:
+    try:
+        return 2.0**exponent
+    except OverflowError:  # a bound of more than ~1024 bits per token: an untrained or broken model
+        return math.inf
+
+
 def _standard_error(values: torch.Tensor) -> float:
     return float(values.std(unbiased=True) / math.sqrt(values.numel())) if values.numel() > 1 else math.nan
 
@@ -318,7 +325,7 @@ def compute_vlb(
         bits_per_token=bits_per_token,
         bits_per_token_bound=vlb_bpd * bits_per_token,
         bits_per_token_bound_stderr=stderr * bits_per_token,
-        ppl_bound=2.0 ** (vlb_bpd * bits_per_token),
+        ppl_bound=_power_of_two(vlb_bpd * bits_per_token),
         sigma_min=sigma_min,
         sigma_max=sigma_max,
         sigma_sampling=sigma_sampling,

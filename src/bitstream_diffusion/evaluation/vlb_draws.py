@@ -1,7 +1,7 @@
 """The random inputs of the variational bound: noise levels, their importance weights and the noisy bits.
 
 :func:`~bitstream_diffusion.evaluation.compute_vlb` estimates, per data row ``x0``, a reconstruction term at
-``sigma_min`` and a Monte-Carlo integral over ``y = ln(sigma)`` (see ``docs/design.md#likelihood``). This module
+``sigma_min`` and a Monte-Carlo integral over ``y = ln(sigma)`` (see ``docs/evaluation.md#likelihood``). This module
 makes every random number that estimate needs, for one batch, in a fixed order, so that a seeded generator gives the
 same numbers as the official estimator:
 
