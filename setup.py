@@ -21,8 +21,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "flash": ["flash-attn>=2.6"],
     "eval": ["gguf", "matplotlib"],
+    "mauve": ["mauve-text>=0.4"],
     "train": ["tensorboard"],
-    "test": ["pytest>=8", "pytest-timeout", "gguf", "matplotlib", "tensorboard"],
+    "test": ["pytest>=8", "pytest-timeout", "gguf", "matplotlib", "tensorboard", "mauve-text>=0.4"],
 }
 EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff"]))
 
