@@ -233,6 +233,16 @@ def test_trained_card_for_the_training_export():
         build_model_card("finetuned", repo_id="x", layout="owt", num_parameters=1)
 
 
+def test_card_of_an_official_release_quotes_the_paper():
+    card = build_model_card("converted", repo_id="me/cobit-m-owt", layout="owt", num_parameters=1,
+                            dataset="openwebtext", paper_cells=((0.21, 256), (0.24, 384)), official_release=True).text
+    assert "## Reproduce the paper's numbers" in card and "27.06" in card
+    assert "--spec gamma=0.21,nfe=256 --spec gamma=0.24,nfe=384" in card and "| 0.24 | 384 | 383 | 0.24063 |" in card
+    generic = build_model_card("converted", repo_id="x/y", layout="generic", num_parameters=1,
+                               paper_cells=((0.2, 256),))
+    assert "## Evaluate" in generic.text and "27.06" not in generic.text and "datasets" not in generic.data.to_dict()
+
+
 def test_card_of_the_cli_names_the_hub_repo(tmp_path, release, entropy_tables_dir, monkeypatch):
     calls = []
 

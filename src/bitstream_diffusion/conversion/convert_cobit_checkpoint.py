@@ -235,16 +235,13 @@ def convert_cobit_checkpoint(
         title=preset.upper().replace("COBIT", "CoBit") if preset else None,
         layout=layout,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        weights=(
-            "EMA (baked into release files; the EMA shadow of training checkpoints)"
-            if use_ema
-            else "raw training weights (--no-ema)"
-        ),
+        weights="EMA (as released, or a training checkpoint's EMA shadow)" if use_ema else "raw (--no-ema)",
         source=Path(checkpoint).name,
         dataset=(sampling.dataset if sampling else layout if layout in ("lm1b", "owt") else None),
         gamma=float(gamma),
         num_inference_steps=num_inference_steps,
         paper_cells=sampling.cells if sampling else ((0.2, 256),),
+        official_release=sampling is not None,
     )
     with staged_directory(output_dir, tag="converting") as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)

@@ -99,23 +99,27 @@ def _no_package_snippet(repo_id: str) -> str:
 def _layout_note(layout: str) -> list[str]:
     if layout == "lm1b":
         return [
-            "Decoded LM1B samples are BERT token strings, as the official decoder leaves them: lines joined by "
-            "`[SEP]`, padding shown as `[PAD]`, and ids beyond the vocabulary wrapped (so `[unusedN]` tokens can "
-            "appear). `out.token_ids` holds the ids; decode them with `skip_special_tokens=True` for plain text.",
+            "Decoded LM1B samples are BERT token strings, as the official decoder leaves them and as the paper "
+            "scores them: lines joined by `[SEP]`, padding shown as `[PAD]`, and 15-bit ids beyond the vocabulary "
+            "wrapped into it (so rare tokens such as `[unused12]` can appear). For plain sentences drop `[PAD]` and "
+            "split at `[SEP]`.",
             "",
         ]
     if layout == "owt":
-        return ["Decoded OWT samples are GPT-2 text (the code tokenizer's `[PAD]`/`[EOSEQ]` end a sample).", ""]
+        return ["Decoded OWT samples are GPT-2 text; a sample ends at the code tokenizer's `[EOSEQ]` or `[PAD]`.", ""]
     return []
 
 
-def _paper_section(repo_id: str, cells: Sequence[tuple[float, int]]) -> list[str]:
-    lines = [
-        "## Reproduce the paper's numbers",
-        "",
+def _evaluation_section(repo_id: str, cells: Sequence[tuple[float, int]], *, official: bool) -> list[str]:
+    if official:
+        lines = ["## Reproduce the paper's numbers", ""]
+        lead = "The official evaluation cells of this model:"
+    else:
+        lines = ["## Evaluate", ""]
+        lead = "The paper's protocol at the cells below (GenPPL under GPT-2 Large, token entropy):"
+    lines += [
         '"256 NFE" in the paper is 255 noise levels and 255 denoiser calls; the per-step churn is '
-        "`gamma_paper * (NFE - 1) / (NFE - 2)` (`EntropyRateScheduler.gamma_from_paper`). The official evaluation "
-        "cells of this model:",
+        f"`gamma_paper * (NFE - 1) / (NFE - 2)` (`EntropyRateScheduler.gamma_from_paper`). {lead}",
         "",
         "| paper gamma | NFE (paper) | num_inference_steps | per-step gamma |",
         "|---|---|---|---|",
@@ -147,6 +151,7 @@ def build_model_card(
     gamma: float | None = None,
     num_inference_steps: int = 255,
     paper_cells: Sequence[tuple[float, int]] = (),
+    official_release: bool = False,
     training: Mapping[str, Any] | None = None,
     license: str = "mit",
     extra_tags: Sequence[str] = (),
@@ -165,8 +170,9 @@ def build_model_card(
         base_model: the hub id of the model these weights were fine-tuned from, when there is one.
         gamma: the per-step churn stored in the scheduler.
         num_inference_steps: the number of steps the Generate snippet uses (255 = the paper's "256 NFE").
-        paper_cells: `(paper gamma, NFE)` pairs of the official evaluation (converted releases), for the
-            reproduction table and command.
+        paper_cells: `(paper gamma, NFE)` pairs for the evaluation table and command (none: no such section).
+        official_release: the weights are one of the paper's released models, so `paper_cells` are the official
+            evaluation cells ("Reproduce the paper's numbers") and the paper's GenPPL is quoted.
         training: for `"trained"`: a summary such as `{"data_recipe": ..., "global_step": ...,
             "validation_loss": ...}` (any key: value pairs are listed).
         license: the weights' license id.
@@ -193,17 +199,15 @@ def build_model_card(
     )
     heading = title or repo_id.rstrip("/").split("/")[-1]
     paper = f"[arXiv {ARXIV_ID}](https://arxiv.org/abs/{ARXIV_ID})"
+    code = "[GBATZOLIS/BitstreamDiffusion](https://github.com/GBATZOLIS/BitstreamDiffusion)"
     if kind == "converted":
-        intro = (
-            f"A CoBit continuous bitstream diffusion language model ({paper}), converted from the official release "
-            "(GBATZOLIS/BitstreamDiffusion) with `bitstream-diffusion`."
-        )
+        intro = f"A CoBit continuous bitstream diffusion language model ({paper}), converted from {code}."
     else:
         intro = (
             f"A CoBit continuous bitstream diffusion language model ({paper}) trained with "
             "`examples/train_bitstream_diffusion/train_bitstream_diffusion.py` of `bitstream-diffusion`."
         )
-    facts = [f"* parameters: {num_parameters:,}; weights: {weights}" + (f" (from `{source}`)" if source else "")]
+    facts = [f"* parameters: {num_parameters:,}", f"* weights: {weights}" + (f"; source: `{source}`" if source else "")]
     facts.append(f"* codec layout: `{layout}`" + (f"; training data: `{dataset_id}`" if dataset_id else ""))
     if base_model:
         facts.append(f"* fine-tuned from [`{base_model}`](https://huggingface.co/{base_model})")
@@ -215,7 +219,7 @@ def build_model_card(
     for key, value in (training or {}).items():
         facts.append(f"* {str(key).replace('_', ' ')}: {value}")
     lines = [f"# {heading}", "", intro, "", *facts, ""]
-    if kind == "converted":
+    if official_release:
         lines += [_PAPER_GENPPL, ""]
     lines += [
         "## Generate",
@@ -231,6 +235,6 @@ def build_model_card(
         "",
     ]
     if paper_cells:
-        lines += _paper_section(repo_id, paper_cells)
+        lines += _evaluation_section(repo_id, paper_cells, official=official_release)
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -154,6 +154,15 @@ def _release(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_leftover(path: Path, what: str) -> str:
+    """Delete a leftover folder; one that cannot be deleted (permissions) is reported, not fatal to the new write."""
+    try:
+        shutil.rmtree(path)
+    except OSError as error:
+        return f"Could not remove {path}, {what}: {error}. Delete it by hand."
+    return f"Removed {path}, {what}."
+
+
 def recover_directory(final: str | os.PathLike) -> list[str]:
     """Repair what interrupted writes of the folder `final` left behind, and log what was done.
 
@@ -178,8 +187,7 @@ def recover_directory(final: str | os.PathLike) -> list[str]:
                 f"Restored {final} from {backup.name}: a previous write was interrupted while swapping the folders."
             )
         else:
-            shutil.rmtree(backup)
-            actions.append(f"Removed {backup}, the old copy left by an interrupted replacement of {final}.")
+            actions.append(_remove_leftover(backup, f"the old copy left by an interrupted replacement of {final}"))
     pattern = _staging_pattern(final)
     try:
         siblings = sorted(final.parent.iterdir())
@@ -196,8 +204,7 @@ def recover_directory(final: str | os.PathLike) -> list[str]:
             continue  # a running process is writing it
         try:
             if _names_folder(path, fd):
-                shutil.rmtree(path)
-                actions.append(f"Removed {path}, a staging folder left by an interrupted write of {final}.")
+                actions.append(_remove_leftover(path, f"a staging folder left by an interrupted write of {final}"))
         finally:
             os.close(fd)
     for line in actions:
