@@ -65,11 +65,12 @@ def test_converted_folder_layout(lm1b_folder):
     index = json.loads((lm1b_folder / "model_index.json").read_text())
     assert index["_class_name"] == "BitstreamDiffusionPipeline"
     assert index["codec_layout"] == "lm1b" and index["codec_clean_up_tokenization_spaces"] is False
-    for item in ("model/model.safetensors", "model/config.json", "model/modeling_sdt.py", "scheduler/scheduler_config.json",
-                 "tokenizer/tokenizer_config.json", "README.md"):
+    for item in ("model/model.safetensors", "model/config.json", "model/modeling_sdt.py",
+                 "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json", "README.md"):
         assert (lm1b_folder / item).is_file(), item
     card = (lm1b_folder / "README.md").read_text()
-    assert card.startswith("---\nlicense: mit") and "2605.07013" in card and "num_inference_steps" in card
+    assert card.startswith("---\n") and "\nlicense: mit\n" in card.split("\n---\n")[0]
+    assert "2605.07013" in card and "num_inference_steps" in card
     scheduler = json.loads((lm1b_folder / "scheduler" / "scheduler_config.json").read_text())
     assert len(scheduler["entropy_cdf"]) == 128 and len(scheduler["entropy_edges"]) == 129
     assert scheduler["gamma"] == pytest.approx(0.2 * 255 / 254) and scheduler["s_noise"] == 1.003
@@ -153,7 +154,8 @@ class _Opaque:
     (lambda p: p["model"].__setitem__("head.mixer.3.bias", torch.zeros(3)), "head.mixer.3.bias: checkpoint (3,)"),
     (lambda p: p.__setitem__("extra", _Opaque()), "weights_only"),
 ])
-def test_cli_rejects_bad_checkpoints_with_clear_messages(tmp_path, golden_dir, entropy_tables_dir, capsys, edit, message):
+def test_cli_rejects_bad_checkpoints_with_clear_messages(tmp_path, golden_dir, entropy_tables_dir, capsys, edit,
+                                                         message):
     path = _edited_release(tmp_path, golden_dir, edit)
     out = tmp_path / "out"
     code = main(["--checkpoint", str(path), "--entropy-tables", str(entropy_tables_dir / "lm1b"),

@@ -1,10 +1,23 @@
 # Copyright 2026 The bitstream-diffusion authors. Licensed under the MIT License.
-"""GenPPL: generative perplexity of generated text under an external causal LM (CoBit's scoring rules)."""
+"""GenPPL: generative perplexity of generated text under an external causal LM (CoBit's scoring rules).
+
+The scoring code lives in the `bitstream-diffusion` package; this module is its `evaluate` front end and needs the
+package installed (see requirements.txt).
+"""
 
 import datasets
 import evaluate
 
-from bitstream_diffusion.evaluation.gen_ppl import DEFAULT_EVALUATOR, compute_gen_ppl
+try:  # indented, so that evaluate's loader leaves the check (and its message) to this module
+    from bitstream_diffusion.evaluation.gen_ppl import DEFAULT_EVALUATOR, compute_gen_ppl
+except ImportError as error:
+    if not (error.name or "").startswith("bitstream_diffusion"):
+        raise
+    raise ImportError(
+        "The gen_ppl metric needs the bitstream-diffusion package, which holds its scoring code, and it is not "
+        "installed: run `pip install -e .` in a clone of the bitstream-diffusion repository (requirements.txt next "
+        "to this module lists the rest)."
+    ) from error
 
 _CITATION = """\
 @misc{batzolis2026bitstream,
@@ -58,7 +71,8 @@ Returns:
     model_id, dtype, max_seq_len, stride: the settings used.
 Examples:
     >>> gen_ppl = evaluate.load("metrics/gen_ppl")  # doctest: +SKIP
-    >>> out = gen_ppl.compute(predictions=["The cat sat on the mat.", ""], model_id="gpt2", dtype="float32")  # doctest: +SKIP
+    >>> texts = ["The cat sat on the mat.", ""]
+    >>> out = gen_ppl.compute(predictions=texts, model_id="gpt2", dtype="float32")  # doctest: +SKIP
     >>> out["skipped"]  # doctest: +SKIP
     [False, True]
 """
@@ -78,6 +92,18 @@ class GenPPL(evaluate.Metric):
             codebase_urls=["https://github.com/GBATZOLIS/BitstreamDiffusion"],
             reference_urls=["https://arxiv.org/abs/2605.07013"],
         )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Add a batch of generated texts; `predictions` must be a list of strings."""
+        if isinstance(predictions, str):  # evaluate would store its characters as separate predictions
+            raise TypeError(
+                "`predictions` must be a list of strings, not a single string (it would be scored character by "
+                "character). Pass predictions=[text]."
+            )
+        if predictions is not None and not all(isinstance(p, str) for p in predictions):
+            kinds = sorted({type(p).__name__ for p in predictions if not isinstance(p, str)})
+            raise TypeError(f"`predictions` must be a list of strings; found items of type {kinds}.")
+        return super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def _compute(
         self,

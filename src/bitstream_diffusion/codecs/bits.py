@@ -5,7 +5,8 @@ token is its most significant bit. A sequence of ``T`` ids becomes the flat vect
 token. Bits are {0, 1}, never ±1 (CoBit adds noise to {0, 1} and centres inside the model).
 
 With ``m = ceil(log2 V)`` some bit patterns (``V .. 2**m - 1``) are not valid ids of a vocabulary of size ``V``. What
-happens to them is an explicit :data:`InvalidIdPolicy`; the official LM1B decoder wraps them modulo ``V``.
+happens to them is an explicit :data:`InvalidIdPolicy`; the official LM1B decoder wraps them modulo ``V``. Negative
+ids never come from bits; they are an error everywhere, never wrapped.
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def apply_invalid_id_policy(
 ) -> torch.Tensor:
     """Map ids ``>= vocab_size`` according to ``policy``; valid ids are unchanged.
 
+    The policy is for bit patterns the vocabulary does not use, which are never negative: a negative id is not a
+    decoded id (e.g. a ``-100`` label mask or an off-by-one) and is always an error, whatever the policy.
     ``"skip"`` leaves the tensor as it is (a rectangular tensor cannot drop positions): use
     :func:`filter_invalid_ids` when turning rows into lists.
 
@@ -225,12 +228,20 @@ def apply_invalid_id_policy(
         a new ``int64`` tensor with the shape of ``ids``.
 
     Raises:
-        ValueError: ``policy="error"`` and an id is out of range, or ``policy="unk"`` without ``unk_id``.
+        ValueError: an id is negative, ``policy="error"`` and an id is ``>= vocab_size``, or ``policy="unk"``
+            without ``unk_id``.
     """
     check_invalid_id_policy(policy)
     ids = ids.long()
     vocab_size = int(vocab_size)
-    invalid = (ids >= vocab_size) | (ids < 0)
+    if ids.numel() > 0 and int(ids.min()) < 0:
+        bad = ids[ids < 0].unique()[:5].tolist()
+        raise ValueError(
+            f"Token ids must be non-negative, got {bad}. Decoded ids come from bits and lie in [0, 2**bits_per_token); "
+            f"the invalid-id policy ({policy!r}) only maps ids >= vocab_size ({vocab_size}). Remove padding or "
+            "label-mask values such as -100 before decoding, or decode the bits with `bits_to_text`."
+        )
+    invalid = ids >= vocab_size
     if policy == "wrap":
         return ids % vocab_size
     if policy == "clip":

@@ -61,12 +61,35 @@ _CONFIG_KEYS = (
 )
 
 
+def _check_encodable(text: str, index: int) -> None:
+    """Tokenizers need valid Unicode: a lone surrogate (e.g. from bytes decoded with ``errors="surrogateescape"`` or a
+    JSON ``"\\ud800"`` escape) cannot be encoded, and the tokenizer's own error does not say so."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start : error.end]
+        raise ValueError(
+            f"Text {index} holds a lone surrogate {bad!r} (code point U+{ord(bad[0]):04X}) at position {error.start}; "
+            "it is not valid Unicode and cannot be tokenised. Fix the source, or drop such characters with "
+            "`text.encode('utf-8', errors='replace').decode('utf-8')`."
+        ) from None
+
+
 def _as_texts(texts: str | Sequence[str]) -> list[str]:
+    """One text or a sequence of texts as a list of valid Unicode strings (clear errors otherwise)."""
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
+    elif texts is None or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
     texts = list(texts)
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a string or a sequence of strings.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts must be a string or a list of strings, but item {index} is a {type(text).__name__}."
+            )
+        _check_encodable(text, index)
     return texts
 
 
@@ -136,6 +159,12 @@ class TextBitCodec:
             vocab_size = int(tokenizer.vocab_size)  # what the official decoder wraps by
         else:
             vocab_size = len(tokenizer)
+        if int(vocab_size) < 1 or getattr(tokenizer, "vocab_size", 1) == 0:
+            raise ValueError(
+                f"The tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '') or 'unnamed'}) has "
+                "an empty vocabulary, so no text can be written as ids. Its vocabulary files are missing or empty: "
+                "load the tokenizer the model was trained with (e.g. `AutoTokenizer.from_pretrained(folder)`)."
+            )
         self.tokenizer = tokenizer
         self.code_tokenizer: CodeTokenizer | None = code_tokenizer
         self.layout: str = layout

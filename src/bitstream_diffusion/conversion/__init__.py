@@ -1,4 +1,7 @@
-"""Official CoBit checkpoints -> hub-ready pipeline folders (`python -m bitstream_diffusion.conversion.convert_cobit_checkpoint`)."""
+"""Official CoBit checkpoints -> hub-ready pipeline folders.
+
+Command line: `cobit-convert` or `python -m bitstream_diffusion.conversion.convert_cobit_checkpoint`.
+"""
 
 __all__ = ["convert_cobit_checkpoint"]
 

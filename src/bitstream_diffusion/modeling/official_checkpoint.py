@@ -1,18 +1,22 @@
 """Reading the official CoBit `.pt` files safely and strictly.
 
-Two formats exist (REFERENCE_TRAINING §6.6, §7.2):
+The official code writes two formats:
 
 * release files: `{"model": state_dict, "global_step", "epoch", "ema_decay", ...}` with EMA weights already baked in;
 * training checkpoints: `{"model": raw weights, "ema": {"decay", "shadow": {param: tensor}}, "opt", "rng_state", ...}`.
+  The EMA shadow holds every parameter; buffers (the sigma-embedding frequencies) exist only in the raw weights.
 
-Both are read with `torch.load(weights_only=True)` (DESIGN §5.9); training checkpoints carry a numpy RNG state, so four
-numpy globals are allow-listed, and nothing else is ever unpickled.
+Both are read with `torch.load(weights_only=True)`, so a file can never run code when it is loaded (see
+docs/design.md#files-and-trust); training checkpoints carry a numpy RNG state, so four numpy globals are allow-listed,
+and nothing else is ever unpickled. A file that is empty, truncated or no PyTorch file at all is named as such, and
+weights are taken strictly: a partial EMA shadow or an integer weight is an error, never silently patched.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +55,8 @@ class OfficialCheckpoint:
 
 
 def _numpy_safe_globals() -> list[Any]:
-    """The numpy objects a training checkpoint's `rng_state["np_random"]` needs (golden/README §2)."""
+    """The numpy objects a training checkpoint's `rng_state["np_random"]` needs (the state of `np.random.get_state()`:
+    an array of uint32 words rebuilt through `_reconstruct`)."""
     try:
         import numpy as np
         from numpy._core.multiarray import _reconstruct
@@ -64,31 +69,72 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
+def _not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be a PyTorch file, judged from its first bytes, or `None` if it may be one.
+
+    `torch.save` writes a zip archive (legacy files: a pickle); a truncated zip has lost its central directory, which
+    sits at the end of the file.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes): it is not a PyTorch checkpoint (an interrupted download or copy?)"
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return (
+                f"is truncated ({size} bytes, the end of its zip archive is missing): download or copy it again"
+            )
+        return None
+    if head[:1] == b"\x80":  # a pickle (protocol 2+): the legacy torch.save format
+        return None
+    if len(head) > 8 and head[8:9] == b"{":
+        return "looks like a safetensors file, not a PyTorch checkpoint: pass the official .pt file"
+    shown = head.decode("utf-8", errors="replace") if head.isascii() else repr(head)
+    return f"is not a PyTorch checkpoint (no zip archive or pickle; it starts with {shown!r})"
+
+
 def _torch_load_weights_only(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` with errors that say what is wrong with the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path!s}.")
+    problem = _not_a_checkpoint(path)
+    if problem:
+        raise ValueError(f"{path!s} {problem}.")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError and friends
+    except Exception as error:  # pickle.UnpicklingError, RuntimeError (a damaged archive), EOFError, ...
         if isinstance(error, FileNotFoundError):
             raise
+        if "Unsupported global" in str(error):
+            raise ValueError(
+                f"Could not read {path!s} with torch.load(weights_only=True): {error}\n"
+                "Official CoBit files hold only tensors, numbers, strings and a numpy RNG state. This file contains "
+                "other pickled Python objects, which are never unpickled here for safety. Re-save just the tensors, "
+                "e.g. `torch.save({'model': model.state_dict()}, path)`, in a trusted environment."
+            ) from error
         raise ValueError(
-            f"Could not read {path!s} with torch.load(weights_only=True): {error}\n"
-            "Official CoBit files hold only tensors, numbers, strings and a numpy RNG state. This file contains "
-            "other pickled Python objects, which are never unpickled here for safety. Re-save just the tensors, e.g. "
-            "`torch.save({'model': model.state_dict()}, path)`, in a trusted environment."
+            f"{path!s} is damaged and cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}). "
+            "Download or copy it again."
         ) from error
 
 
-def _strip_wrapper_prefixes(state_dict: dict[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+def _strip_wrapper_prefixes(state_dict: dict[str, Any], source: str) -> "OrderedDict[str, torch.Tensor]":
+    """Keys without `torch.compile`/DDP prefixes; every value must be a floating-point tensor."""
     cleaned: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:
             while key.startswith(prefix):
                 key = key[len(prefix) :]
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"State-dict entry {key!r} is a {type(value).__name__}, not a tensor.")
+            raise ValueError(f"State-dict entry {key!r} of {source} is a {type(value).__name__}, not a tensor.")
+        if not value.is_floating_point():
+            raise ValueError(
+                f"State-dict entry {key!r} of {source} has dtype {value.dtype}; every SDT weight is a floating-point "
+                "tensor. The file is not an official CoBit checkpoint, or it was quantised or edited: convert the "
+                "original float weights."
+            )
         cleaned[key] = value
     return cleaned
 
@@ -107,7 +153,7 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> O
         raise ValueError(
             f"{path!s} is not an official CoBit checkpoint: expected a dict with a 'model' state dict, found {found}."
         )
-    weights = _strip_wrapper_prefixes(payload["model"])
+    weights = _strip_wrapper_prefixes(payload["model"], f"{path!s} ['model']")
     metadata = {k: v for k, v in payload.items() if isinstance(v, (int, float, str, bool)) or v is None}
     ema = payload.get("ema")
     if ema is None:
@@ -116,11 +162,19 @@ def load_official_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> O
         raise ValueError(f"{path!s} has an 'ema' entry without a 'shadow' state dict; the file is malformed.")
     if not use_ema:
         return OfficialCheckpoint(weights, "training", used_ema=False, metadata=metadata)
-    shadow = _strip_wrapper_prefixes(ema["shadow"])
+    shadow = _strip_wrapper_prefixes(ema["shadow"], f"{path!s} ['ema']['shadow']")
     unknown = sorted(set(shadow) - set(weights))
     if unknown:
-        raise StateDictMismatchError(f"EMA shadow keys absent from the model weights: {unknown}")
-    # The shadow holds parameters only; buffers (the sigma-embedding table) come from the raw weights.
+        raise StateDictMismatchError(f"EMA shadow keys absent from the model weights of {path!s}: {unknown}")
+    # The shadow holds every parameter; buffers (the sigma-embedding frequencies) come from the raw weights. A shadow
+    # without some parameter would mix EMA and raw weights silently: refuse it.
+    missing = sorted(key for key in weights if key not in shadow and key not in _BUFFER_KEYS)
+    if missing:
+        raise StateDictMismatchError(
+            f"The EMA shadow of {path!s} lacks {len(missing)} parameter(s) that the model weights have: {missing}. "
+            "Taking them from the raw weights would mix EMA and raw weights. Use the raw weights for all parameters "
+            "with use_ema=False (--no-ema), or convert a complete checkpoint."
+        )
     merged = OrderedDict((key, shadow.get(key, value)) for key, value in weights.items())
     metadata["ema_decay"] = ema.get("decay")
     return OfficialCheckpoint(merged, "training", used_ema=True, metadata=metadata)

@@ -187,7 +187,15 @@ class EntropyTables:
         tables = {}
         for name, path in paths.items():
             if path.is_file():
-                tensor = torch.load(path, map_location="cpu", weights_only=True)
+                try:
+                    tensor = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as error:  # empty, truncated, text, or pickled objects other than a tensor
+                    raise ValueError(
+                        f"The entropy table file {path} cannot be read as a PyTorch tensor file "
+                        f"({type(error).__name__}: {str(error).split('.')[0] or 'no details'}). "
+                        "It is damaged, truncated or not a table file: copy the table folder again (the official "
+                        "assets/entropy_tables/<dataset>/ files, or one written by `EntropyTables.save`)."
+                    ) from error
                 if not isinstance(tensor, torch.Tensor):
                     raise ValueError(f"{path} must hold a plain tensor, found {type(tensor).__name__}.")
                 tables[name] = tensor
