@@ -18,14 +18,18 @@ How a module is rewritten (one source of truth: the files are produced from the 
 * an import of a package module (`from ..codecs.bits import x`, `from bitstream_diffusion.utils.atomic_io import
   y`) becomes an import of the sibling file (`from .bits import x`); only whole modules are imported this way, never a
   subpackage's `__init__`;
-* an import made only for type hints (`if TYPE_CHECKING:`) of a module the folder does not carry becomes `pass`;
-* an import inside `try:` of a module the folder does not carry stays as it is (the file then works without it);
+* an import made only for type hints (`if TYPE_CHECKING:`) of a module the file does not need at run time becomes
+  `pass`;
+* an import inside `try:` stays an import of the package (the file then works without the package, as it must);
 * every file starts with a comment naming its package module, and the location's entry module (the one diffusers
-  loads) ends with an import of every module of its folder: diffusers copies a local folder's module together with
-  the modules it imports directly, not with theirs.
+  loads) ends with an import of each module of its folder it does not import directly: diffusers copies a local
+  folder's module together with the modules it imports directly, not with theirs.
 
-A file shared by two locations (`atomic_io.py`) is identical in both. [`check_remote_code`] reports the files of a
-folder that differ from what the package writes now (a stale folder, or a copy edited by hand).
+A module's file does not depend on the folder it is written to, so the files of a module carried twice (`atomic_io.py`
+at the root and in `scheduler/`; the code tokenizer's files at the root and in `code_tokenizer/`, where they replace
+the copies transformers wrote) are identical: diffusers copies all of them into one namespace. [`check_remote_code`]
+reports the files of a folder that differ from what the package writes now (a stale folder, or a copy edited by
+hand).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ _PACKAGE_COMPONENTS = {
     "EntropyRateScheduler": f"{_PACKAGE}.schedulers.scheduling_entropy_rate",
     "CodeTokenizer": f"{_PACKAGE}.codecs.code_tokenizer",
 }
-_CLOSURE_MARKER = "# Every module of this folder, imported once"
+_CLOSURE_MARKER = "# The other modules of this folder, imported once"
 
 
 class RemoteCodeError(RuntimeError):
@@ -80,11 +84,13 @@ class RemoteCodeError(RuntimeError):
 class CodeLocation:
     """
     The code of one folder of a saved pipeline: `entries` (package modules, the first one being the module diffusers
-    loads) and every package module they import at run time.
+    loads) and every package module they import at run time. An `optional` location is written only into a pipeline
+    folder that has that subfolder (a component the pipeline may lack).
     """
 
     folder: str
     entries: tuple[str, ...]
+    optional: bool = False
 
 
 REMOTE_CODE_LOCATIONS = (
@@ -97,6 +103,7 @@ REMOTE_CODE_LOCATIONS = (
         ),
     ),
     CodeLocation("scheduler", (f"{_PACKAGE}.schedulers.scheduling_entropy_rate",)),
+    CodeLocation("code_tokenizer", (f"{_PACKAGE}.codecs.code_tokenizer",), optional=True),
 )
 
 
@@ -170,15 +177,18 @@ def _flat_name(module: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the package side
-def _closure(entries: tuple[str, ...]) -> dict[str, str]:
-    """`{package module: source}` of `entries` and every package module they import at run time, in a stable order."""
+def _closure(entries: tuple[str, ...], memo: dict[str, str]) -> dict[str, str]:
+    """`{package module: source}` of `entries` and every package module they import at run time, in a stable order
+    (`memo` keeps the sources read so far)."""
     sources: dict[str, str] = {}
     pending = list(entries)
     while pending:
         module = pending.pop(0)
         if module in sources:
             continue
-        sources[module] = _module_source(module)
+        if module not in memo:
+            memo[module] = _module_source(module)
+        sources[module] = memo[module]
         pending += [i.target for i in _package_imports(module, sources[module]) if i.context == "runtime"]
     names = [_flat_name(module) for module in sources]
     clashes = sorted({name for name in names if names.count(name) > 1})
@@ -187,23 +197,24 @@ def _closure(entries: tuple[str, ...]) -> dict[str, str]:
     return sources
 
 
-def _rewrite(module: str, source: str, carried: set[str], entry_of: list[str] | None) -> str:
-    """`source` of package `module` as a file of a folder that carries the package modules `carried`."""
+def _rewrite(module: str, memo: dict[str, str], entry_of: list[str] | None) -> str:
+    """Package `module` as a file of a pipeline folder (the same text in every folder that carries it)."""
+    needed = set(_closure((module,), memo))
+    source = memo[module]
     lines = source.splitlines(keepends=True)
     for found in sorted(_package_imports(module, source), key=lambda i: i.node.lineno, reverse=True):
-        node = found.node
-        if found.target in carried:
-            line = lines[node.lineno - 1]
-            if not re.match(r"\s*from\s+\S+\s+import\b", line):
-                raise RemoteCodeError(f"{module} line {node.lineno}: write the import as `from <module> import ...`.")
-            lines[node.lineno - 1] = re.sub(
-                r"^(\s*from\s+)\S+(\s+import\b)", rf"\g<1>.{_flat_name(found.target)}\g<2>", line, count=1
-            )
-        elif found.context == "type_checking":
-            indent = re.match(r"\s*", lines[node.lineno - 1]).group(0)
+        node, line = found.node, lines[found.node.lineno - 1]
+        if not re.match(r"\s*from\s+\S+\s+import\b", line):
+            raise RemoteCodeError(f"{module} line {node.lineno}: write the import as `from <module> import ...`.")
+        if found.context == "guarded":  # stays the package's: the file must work without it
+            new_module = found.target
+        elif found.target in needed:
+            new_module = f".{_flat_name(found.target)}"
+        else:  # type hints only
+            indent = re.match(r"\s*", line).group(0)
             lines[node.lineno - 1 : node.end_lineno] = [f"{indent}pass  # type hints only: not in this folder\n"]
-        elif found.context != "guarded":
-            raise RemoteCodeError(f"{module} imports {found.target}, which its folder does not carry.")
+            continue
+        lines[node.lineno - 1] = re.sub(r"^(\s*from\s+)\S+(\s+import\b)", rf"\g<1>{new_module}\g<2>", line, count=1)
     header = (
         f"# Written from `{module}` (bitstream-diffusion {_package_version()}) when this pipeline folder\n"
         "# was saved, to load it without the package: the package's imports are imports of the files next to this\n"
@@ -223,24 +234,38 @@ def _package_version() -> str:
     return getattr(sys.modules.get(_PACKAGE), "__version__", "unknown")
 
 
-def _package_files() -> dict[str, str]:
+def _locations(folder: Path | None) -> list[CodeLocation]:
+    """The locations a pipeline folder gets (all of them without `folder`)."""
+    return [
+        location
+        for location in REMOTE_CODE_LOCATIONS
+        if folder is None or not location.optional or (folder / location.folder).is_dir()
+    ]
+
+
+def _path(location: CodeLocation, name: str) -> str:
+    return "/".join(filter(None, [location.folder, f"{name}.py"]))
+
+
+def _package_files(folder: Path | None) -> dict[str, str]:
     files: dict[str, str] = {}
-    for location in REMOTE_CODE_LOCATIONS:
-        sources = _closure(location.entries)
-        names = sorted(_flat_name(module) for module in sources if module != location.entries[0])
-        for module, source in sources.items():
-            entry_of = names if module == location.entries[0] else None
-            path = "/".join(filter(None, [location.folder, f"{_flat_name(module)}.py"]))
-            files[path] = _rewrite(module, source, set(sources), entry_of)
+    memo: dict[str, str] = {}
+    for location in _locations(folder):
+        sources = _closure(location.entries, memo)
+        entry = location.entries[0]
+        direct = {i.target for i in _package_imports(entry, memo[entry]) if i.context == "runtime"}
+        missing = sorted(_flat_name(module) for module in sources if module not in direct | {entry})
+        for module in sources:
+            files[_path(location, _flat_name(module))] = _rewrite(module, memo, missing if module == entry else None)
     return files
 
 
 # ---------------------------------------------------------------------------------------------------- the copy's side
-def _copied_files() -> dict[str, str]:
+def _copied_files(folder: Path | None) -> dict[str, str]:
     """In a folder's copy: the files of every location, read back from the copies next to this file."""
     here = Path(__file__).parent
     files: dict[str, str] = {}
-    for location in REMOTE_CODE_LOCATIONS:
+    for location in _locations(folder):
         pending, seen = [_flat_name(module) for module in location.entries], set()
         while pending:
             name = pending.pop(0)
@@ -248,19 +273,23 @@ def _copied_files() -> dict[str, str]:
                 continue
             seen.add(name)
             text = (here / f"{name}.py").read_text(encoding="utf-8")
-            files["/".join(filter(None, [location.folder, f"{name}.py"]))] = text
+            files[_path(location, name)] = text
             pending += re.findall(r"^\s*from\s+\.(\w+)\s+import", text, flags=re.MULTILINE)
     return files
 
 
-def remote_code_files() -> dict[str, str]:
-    """`{path in the folder: text}` of the code a pipeline folder carries (see the module docstring)."""
-    return _package_files() if RUNNING_FROM_PACKAGE else _copied_files()
+def remote_code_files(folder: str | os.PathLike | None = None) -> dict[str, str]:
+    """
+    `{path in the folder: text}` of the code a pipeline folder carries (see the module docstring): of the pipeline
+    folder `folder` (whose components are saved already), or of every location.
+    """
+    folder = None if folder is None else Path(folder)
+    return _package_files(folder) if RUNNING_FROM_PACKAGE else _copied_files(folder)
 
 
 def write_remote_code(folder: str | os.PathLike) -> list[Path]:
-    """Write [`remote_code_files`] into `folder` (each file atomically); returns the paths written."""
-    return [write_text_atomic(Path(folder) / path, text) for path, text in remote_code_files().items()]
+    """Write [`remote_code_files`] into the pipeline folder `folder` (each file atomically); returns the paths."""
+    return [write_text_atomic(Path(folder) / path, text) for path, text in remote_code_files(folder).items()]
 
 
 def check_remote_code(folder: str | os.PathLike) -> list[str]:
@@ -271,7 +300,7 @@ def check_remote_code(folder: str | os.PathLike) -> list[str]:
     """
     folder = Path(folder)
     problems = []
-    for path, text in remote_code_files().items():
+    for path, text in remote_code_files(folder).items():
         file = folder / path
         if not file.is_file():
             problems.append(f"{path}: missing")
