@@ -34,7 +34,8 @@ class SchedulerConventionsMixin:
         if "sigma_schedule" not in kwargs:
             return
         old = kwargs["sigma_schedule"]
-        if noise_schedule != "entropy" and noise_schedule != old:
+        explicit = "noise_schedule" not in self.config.get("_use_default_values", [])
+        if explicit and noise_schedule != old:
             raise ValueError(
                 f"Got noise_schedule={noise_schedule!r} and its old name sigma_schedule={old!r}; pass one of them."
             )
