@@ -79,7 +79,7 @@ NO_PACKAGE_SCRIPT = textwrap.dedent(
     else:
         raise SystemExit(f"bitstream_diffusion is importable from {bitstream_diffusion.__file__}")
     from diffusers import DiffusionPipeline
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     lm1b, owt, resaved, result_file = sys.argv[1:5]
     seed, sample = int(sys.argv[5]), json.loads(sys.argv[6])
@@ -99,6 +99,10 @@ NO_PACKAGE_SCRIPT = textwrap.dedent(
         }
     pipe.save_pretrained(resaved)  # the OWT pipeline, saved from the folder's own code
 
+    try:  # without trust_remote_code: a request to trust the folder's code (not "update transformers")
+        AutoConfig.from_pretrained(lm1b)
+    except ValueError as error:
+        results["untrusted"] = str(error)
     denoiser = AutoModel.from_pretrained(lm1b, trust_remote_code=True)  # the root config.json's auto_map
     noisy = torch.linspace(-2, 3, 2 * 6 * 15).reshape(2, 6 * 15)
     results["automodel"] = {"logits": denoiser(noisy, torch.tensor([0.7, 3.0])).logits, "type": type(denoiser).__name__}
@@ -126,6 +130,7 @@ def test_folders_load_and_generate_without_the_package(lm1b_folder, owt_folder, 
         assert all(module.startswith("diffusers_modules.") for module in results[name]["classes"]), name
         assert type(expected["pipe"].scheduler).__module__.startswith("bitstream_diffusion.")  # the package's own
 
+    assert "trust_remote_code=True" in results["untrusted"] and "update" not in results["untrusted"].lower()
     model = SDTModel.from_pretrained(lm1b_folder / "model")
     noisy = torch.linspace(-2, 3, 2 * 6 * 15).reshape(2, 6 * 15)
     assert results["automodel"]["type"] == "SDTModel"

@@ -127,6 +127,7 @@ class BitstreamDiffusionPipeline(RemoteCodeMixin, PipelineInputsMixin, TextBitCo
             codec_clean_up_tokenization_spaces=codec_clean_up_tokenization_spaces,
         )
         self._codec = self._build_codec()  # a codec that cannot hold the vocabulary fails here, not at the first call
+        self._model_call_kwargs: dict[str, Any] = {}  # set per run by `_denoising_loop`
 
     # ------------------------------------------------------------------------------------------------ inputs
     def prepare_known_bits(

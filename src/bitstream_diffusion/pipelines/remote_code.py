@@ -35,6 +35,7 @@ hand).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import json
@@ -137,7 +138,8 @@ class _Import:
     context: str  # "runtime", "type_checking" or "guarded"
 
 
-def _package_imports(module: str, source: str) -> list[_Import]:
+@functools.lru_cache(maxsize=256)
+def _package_imports(module: str, source: str) -> tuple[_Import, ...]:
     """The imports of package `module` (source `source`), with the package module each one names."""
     tree = ast.parse(source)
     contexts = _import_contexts(tree)
@@ -157,7 +159,7 @@ def _package_imports(module: str, source: str) -> list[_Import]:
             if context != "guarded":
                 raise RemoteCodeError(f"{module} line {node.lineno}: `import {_PACKAGE}...` cannot be bundled; use "
                                       "`from <module> import <name>`.")  # fmt: skip
-    return found
+    return tuple(found)
 
 
 def _module_source(module: str) -> str:

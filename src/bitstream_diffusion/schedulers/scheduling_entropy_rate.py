@@ -491,4 +491,7 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
                 "self_conditioning='refined' makes its refining call between a step and the next churn, so it needs "
                 "the `churn` loop (see the class docstring) or the pipeline; a generic loop cannot place it."
             )
-        return self._apply_churn(sample, self._plan[self._step_index], generator)
+        sample = self._apply_churn(sample, self._plan[self._step_index], generator)
+        index, _, sigma = self._churned
+        self._churned = (index, self.timesteps[index], sigma)  # the generic loop hands `timesteps[i]` to the model
+        return sample
