@@ -210,6 +210,8 @@ def test_package_loads_folders_with_its_own_classes_also_old_ones(lm1b_folder, t
     config = json.loads((old / "scheduler" / "scheduler_config.json").read_text())
     config["sigma_schedule"] = config.pop("noise_schedule")  # the old key name
     (old / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    assert "model_index.json: model names bitstream_diffusion.modeling.modeling_sdt, which only loads with the " \
+        "package installed" in check_remote_code(old)
     loaded = _package_run(old)
     assert torch.equal(loaded["token_ids"], expected["token_ids"])
     assert loaded["pipe"].scheduler.config.noise_schedule == "entropy"

@@ -77,6 +77,11 @@ class BitstreamDiffusionPipeline(RemoteCodeMixin, PipelineInputsMixin, TextBitCo
     Memory: `max_batch_size` (an int, or `"auto"` from the free CUDA memory) runs a large batch as chunks, one after
     another; with one generator per sample the bits are those of one big batch.
 
+    Folders: `save_pretrained` writes, besides the components, the code of the pipeline, its codec and its scheduler
+    (from this package's modules, see [`~pipelines.remote_code`]), so `diffusers.DiffusionPipeline.from_pretrained(
+    folder, trust_remote_code=True)` loads a folder without this package and gives the same bits for the same seed;
+    `BitstreamDiffusionPipeline.from_pretrained(folder)` loads it with this package's classes.
+
     Components:
         model ([`SDTModel`]): the Sequence Diffusion Transformer denoiser.
         scheduler ([`EntropyRateScheduler`]): the entropy-rate noise grid and the EDM churn sampler.
@@ -202,7 +207,8 @@ class BitstreamDiffusionPipeline(RemoteCodeMixin, PipelineInputsMixin, TextBitCo
         """
         Run the scheduler's levels from `sample` (`prepare_latents`; call `scheduler.set_timesteps` first): churn ->
         model call -> scheduler step (-> refining call). Known bits are clamped in the state, the model's estimate
-        and the self-conditioning input.
+        and the self-conditioning input. Nothing is read back from the device per step: the model skips its per-call
+        value checks when it can, and the scheduler checks every model output once, at the final call.
 
         Returns the final state `[B, S]`, the last model call's probabilities `[B, S]` (at `terminal_sigma`) and the
         number of model calls.

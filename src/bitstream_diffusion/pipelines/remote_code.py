@@ -134,7 +134,7 @@ def _import_contexts(tree: ast.Module) -> dict[int, str]:
 @dataclass(frozen=True)
 class _Import:
     node: ast.stmt
-    target: str | None  # the package module imported (None: not a package import)
+    target: str  # the package module imported
     context: str  # "runtime", "type_checking" or "guarded"
 
 
@@ -311,11 +311,12 @@ def check_remote_code(folder: str | os.PathLike) -> list[str]:
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
     for name, value in index.items():
-        if isinstance(value, list) and len(value) == 2 and value[0] and "." not in value[0]:
-            if value[0] not in _LIBRARIES and not (folder / ("" if name == "_class_name" else name)).joinpath(
-                f"{value[0]}.py"
-            ).is_file():
-                problems.append(f"model_index.json: {name} names {value[0]}.py, which the folder lacks")
+        if not _is_entry(value) or value[0].split(".")[0] in _LIBRARIES:
+            continue
+        if value[0].split(".")[0] == _PACKAGE:
+            problems.append(f"model_index.json: {name} names {value[0]}, which only loads with the package installed")
+        elif not (folder / ("" if name == "_class_name" else name) / f"{value[0]}.py").is_file():
+            problems.append(f"model_index.json: {name} names {value[0]}.py, which the folder lacks")
     return problems
 
 
