@@ -144,7 +144,7 @@ def test_owt_prompt_counts_its_eos_and_keeps_the_text(golden_dir, entropy_tables
         model=model,
         scheduler=EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "owt", gamma=0.2),
         tokenizer=gpt2_tokenizer,
-        code_tokenizer=code_tokenizer.hf_tokenizer,
+        code_tokenizer=code_tokenizer,
     )
     task = transformers.pipeline(TASK_NAME, model=pipe, device="cpu")
     kwargs = dict(seed=0, max_new_tokens=3, num_inference_steps=3, num_return_sequences=2)

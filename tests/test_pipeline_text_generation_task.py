@@ -61,7 +61,7 @@ def expected_task(pipe):
 
 def test_folder_layout(folder):
     expected = ["config.json", "model", "model_index.json", "scheduler", "tokenizer"]
-    assert sorted(p.name for p in folder.iterdir()) == expected
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".py") == expected  # code: tests/test_hub_*
     entry = json.loads((folder / "config.json").read_text())
     assert entry["model_type"] == BitstreamPipelineFolderConfig.model_type and entry["model_subfolder"] == "model"
     assert json.loads((folder / "model" / "config.json").read_text())["model_type"] == "bitstream_sdt"

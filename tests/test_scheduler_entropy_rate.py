@@ -12,7 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from bitstream_diffusion.schedulers import EntropyRateScheduler, validate_entropy_tables
 
-DATA_MEAN, DATA_STD = 0.3, 0.5
+DATA_MEAN, DATA_STD = 0.5, 0.1  # keeps the exact denoiser inside [0, 1]: the scheduler takes probabilities
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def run_loop(scheduler, x, denoiser, generator=None):
 
 
 def _final_error(solver: str, num_levels: int) -> float:
-    scheduler = EntropyRateScheduler(sigma_schedule="karras", solver=solver, self_conditioning="none")
+    scheduler = EntropyRateScheduler(noise_schedule="karras", solver=solver, self_conditioning="none")
     scheduler.set_timesteps(num_levels)
     start = torch.linspace(-3, 3, 16, dtype=torch.float64).reshape(2, 8) * scheduler.init_noise_sigma + DATA_MEAN
     output, _ = run_loop(scheduler, start, gaussian_denoiser)
@@ -71,16 +71,19 @@ def test_euler_is_first_order_and_heun_second_order():
     for solver, expected_order in (("euler", 1.0), ("heun", 2.0)):
         slope = -np.polyfit(np.log([n - 1 for n in levels]), np.log(errors[solver]), 1)[0]
         assert abs(slope - expected_order) < 0.2, (solver, errors[solver], slope)
-    assert errors["heun"][-1] < errors["euler"][-1] / 20
+    assert errors["heun"][-1] < errors["euler"][-1] / 10
 
 
 def test_heun_timesteps_calls_and_draws(entropy_tables_dir):
     scheduler = EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "owt", solver="heun", gamma=0.2)
     scheduler.set_timesteps(6)
     grid = scheduler.sigmas[:6]
-    assert torch.equal(scheduler.timesteps, torch.cat([grid[:1], grid[1:].repeat_interleave(2)]))
-    assert scheduler.num_model_calls() == 11
+    assert scheduler.num_model_calls() == 11 == len(scheduler.timesteps) == len(scheduler) and scheduler.order == 2
     assert int((scheduler.gammas > 0).sum()) == 4  # the first owt level is outside the q=1 window
+    # generic-loop levels: predictors at the churned level, corrections at the next grid level
+    churned = grid[1:5] * (1 + scheduler.gammas[1:5]).float()
+    assert torch.equal(scheduler.timesteps[1::2], grid[1:]) and torch.equal(scheduler.timesteps[2:10:2], churned)
+    assert scheduler.timesteps[0] == grid[0] and scheduler.timesteps[-1] == grid[-1]
 
     generator = torch.Generator().manual_seed(3)
     x = randn_tensor((2, 8), generator=generator) * scheduler.init_noise_sigma + 0.5
@@ -183,7 +186,7 @@ def test_gamma_per_call_override_and_cap(lm1b_tables):
 
 def test_sigma_window_without_tables():
     scheduler = EntropyRateScheduler(
-        sigma_schedule="karras", gamma=0.2, churn_window_mode="sigma", churn_window=(0.5, 5.0)
+        noise_schedule="karras", gamma=0.2, churn_window_mode="sigma", churn_window=(0.5, 5.0)
     )
     scheduler.set_timesteps(32)
     levels = scheduler.sigmas[:31].double()
@@ -289,7 +292,11 @@ def test_rejects_bad_gamma(lm1b_tables, gamma):
         ({"churn_window": (5.0, 0.5), "churn_window_mode": "sigma"}, "low <= high"),
         ({"churn_window": (0.1,)}, "pair"),
         ({"churn_window_mode": "full"}, "churn_window_mode"),
-        ({"sigma_schedule": "entropic"}, "sigma_schedule"),
+        ({"noise_schedule": "entropic"}, "noise_schedule"),
+        ({"sigma_max": float("inf"), "noise_schedule": "karras"}, "`sigma_max` must be a finite number"),
+        ({"rho": float("nan")}, "`rho` must be a finite number"),
+        ({"sigma_min": "0.002"}, "`sigma_min` must be a finite number, got '0.002' \\(str\\)"),
+        ({"churn_window": ("0.1", "0.9")}, "churn_window must be a pair of finite numbers"),
         ({"solver": "dpm"}, "solver"),
         ({"self_conditioning": "refresh"}, "self_conditioning"),
         ({"terminal_sigma": 0.001}, "sigma_min <= terminal_sigma"),
@@ -304,11 +311,11 @@ def test_rejects_bad_config(lm1b_tables, kwargs, match):
 
 
 def test_entropy_schedule_needs_tables():
-    with pytest.raises(ValueError, match="sigma_schedule='entropy' needs the entropy-rate table"):
+    with pytest.raises(ValueError, match="noise_schedule='entropy' needs the entropy-rate table"):
         EntropyRateScheduler()
     with pytest.raises(ValueError, match="churn_window_mode='sigma'"):
-        EntropyRateScheduler(sigma_schedule="karras", gamma=0.2)
-    karras = EntropyRateScheduler(sigma_schedule="karras")
+        EntropyRateScheduler(noise_schedule="karras", gamma=0.2)
+    karras = EntropyRateScheduler(noise_schedule="karras")
     with pytest.raises(ValueError, match="needs the entropy table"):
         karras.set_timesteps(8, gamma=0.2)
     karras.set_timesteps(8)  # deterministic Karras needs no table
@@ -353,35 +360,66 @@ def test_rejects_swapped_and_partial_tables(lm1b_tables, entropy_tables_dir, tmp
     assert pdf.dtype == torch.float32 and pdf.shape == (128,)
 
 
-def test_rejects_nan_model_output(lm1b_tables):
+@pytest.mark.parametrize(
+    ("bad_value", "match"),
+    [(float("nan"), "at level 1 .* NaN or infinite"), (7.0, "at level 1 .* outside \\[0, 1\\].* not logits")],
+)
+def test_rejects_bad_model_output_once_per_run(lm1b_tables, bad_value, match):
+    """A NaN or a logit (7.0) among the outputs is reported at the final call, naming the first bad level."""
     scheduler = EntropyRateScheduler(**lm1b_tables)
     scheduler.set_timesteps(4)
-    denoised = torch.full((2, 3), 0.5)
-    denoised[1, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        scheduler.step(denoised, scheduler.timesteps[0], torch.zeros(2, 3))
+    x = torch.zeros(2, 3)
+    for i in range(3):
+        denoised = torch.full((2, 3), 0.5)
+        if i >= 1:
+            denoised[1, 2] = bad_value
+        x = scheduler.step(denoised, scheduler.timesteps[i], x).prev_sample  # no error before the final call
+    with pytest.raises(ValueError, match=match):
+        scheduler.step(torch.full((2, 3), 0.5), scheduler.timesteps[3], x)
+    scheduler.set_timesteps(2)  # a new run starts clean
+    scheduler.step(torch.full((2, 3), 0.5), scheduler.timesteps[0], x)
+    assert scheduler.step(torch.ones(2, 3), scheduler.timesteps[1], x).prev_sample.eq(1).all()
     with pytest.raises(ValueError, match="shape"):
+        scheduler.set_timesteps(2)
         scheduler.step(torch.zeros(2, 4), scheduler.timesteps[0], torch.zeros(2, 3))
+
+
+def test_refining_output_is_checked_with_the_run(lm1b_tables):
+    scheduler = EntropyRateScheduler(self_conditioning="refined", **lm1b_tables)
+    scheduler.set_timesteps(2)
+    x_hat, sigma = scheduler.churn(torch.zeros(1, 2))
+    out = scheduler.step(torch.full((1, 2), 0.5), sigma, x_hat)
+    scheduler.record_model_output(torch.tensor([[0.5, float("inf")]]), out.refine_sigma)
+    x_hat, sigma = scheduler.churn(out.prev_sample)
+    with pytest.raises(ValueError, match="refining call at sigma=0.08 contains NaN or infinite"):
+        scheduler.step(torch.full((1, 2), 0.5), sigma, x_hat)
 
 
 def test_rejects_misuse_of_the_loop(lm1b_tables):
     scheduler = EntropyRateScheduler(gamma=0.2, **lm1b_tables)
     with pytest.raises(RuntimeError, match="set_timesteps"):
         scheduler.churn(torch.zeros(1, 2))
-    scheduler.set_timesteps(2)
+    scheduler.set_timesteps(3)
     x = torch.zeros(1, 2)
-    with pytest.raises(RuntimeError, match="call `scheduler.churn"):
-        scheduler.step(torch.zeros(1, 2), scheduler.timesteps[0], x)
     x_hat, sigma_hat = scheduler.churn(x, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="the sigma returned by `churn`"):
-        scheduler.step(torch.zeros(1, 2), scheduler.timesteps[0], x_hat)
+        scheduler.step(torch.zeros(1, 2), scheduler.sigmas[0], x_hat)
     with pytest.raises(ValueError, match="one per row"):
         scheduler.churn(x, generator=[torch.Generator(), torch.Generator()])
     out = scheduler.step(torch.zeros(1, 2), sigma_hat.expand(1), x_hat)
+    with pytest.raises(RuntimeError, match="call `scheduler.churn"):  # a `churn` loop must churn every churned step
+        scheduler.step(torch.zeros(1, 2), scheduler.timesteps[1], out.prev_sample)
+    x_hat, sigma_hat = scheduler.churn(out.prev_sample, generator=torch.Generator().manual_seed(1))
+    out = scheduler.step(torch.zeros(1, 2), sigma_hat, x_hat)
     final_x, final_sigma = scheduler.churn(out.prev_sample)
     scheduler.step(torch.zeros(1, 2), final_sigma, final_x)
     with pytest.raises(RuntimeError, match="are done"):
         scheduler.churn(final_x)
+    # a generic loop churns at the end of each step: `churn` must not be called on top of it
+    scheduler.set_timesteps(3)
+    out = scheduler.step(torch.zeros(1, 2), scheduler.timesteps[0], x, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="already churned"):
+        scheduler.churn(out.prev_sample)
 
 
 def test_cdf_rounding_above_one_is_accepted_but_real_decreases_are_not(lm1b_tables, entropy_tables_dir):

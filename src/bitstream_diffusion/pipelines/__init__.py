@@ -6,6 +6,8 @@
 * `batching`: a large batch split into chunks that fit in memory; `random_streams`: one generator per sample,
   derived from one seed (the pipeline's chunks and the task's prompts);
 * `pipeline_folder`: the saved folder's root `config.json`, through which transformers finds the SDT;
+* `remote_code`: the code a saved folder carries (written from the package's modules) so that diffusers and
+  transformers load it without this package;
 * `bitstream_text_generation`: the transformers task (no diffusers import until a task pipeline is built).
 
 Attributes load lazily: `register_bitstream_text_generation_task` (called at `import bitstream_diffusion`) must not
@@ -23,7 +25,11 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "DEFAULT_NUM_INFERENCE_STEPS": ".pipeline_bitstream_diffusion",
     "TASK_NAME": ".bitstream_text_generation",
     "BitstreamPipelineFolderConfig": ".pipeline_folder",
+    "BitstreamPipelineDenoiserLoader": ".pipeline_folder",
     "write_transformers_entry_point": ".pipeline_folder",
+    "check_remote_code": ".remote_code",
+    "remote_code_files": ".remote_code",
+    "write_remote_code": ".remote_code",
     "BitstreamPipelineModelLoader": ".bitstream_text_generation",
     "BitstreamTextGenerationPipeline": ".bitstream_text_generation",
     "register_bitstream_text_generation_task": ".bitstream_text_generation",
@@ -35,7 +41,11 @@ __all__ = [  # the keys of `_LAZY_ATTRIBUTES`, spelled out for linters and reade
     "DEFAULT_NUM_INFERENCE_STEPS",
     "TASK_NAME",
     "BitstreamPipelineFolderConfig",
+    "BitstreamPipelineDenoiserLoader",
     "write_transformers_entry_point",
+    "check_remote_code",
+    "remote_code_files",
+    "write_remote_code",
     "BitstreamPipelineModelLoader",
     "BitstreamTextGenerationPipeline",
     "register_bitstream_text_generation_task",
@@ -53,10 +63,12 @@ if TYPE_CHECKING:
         BitstreamDiffusionPipeline,
     )
     from .pipeline_folder import (
+        BitstreamPipelineDenoiserLoader,
         BitstreamPipelineFolderConfig,
         write_transformers_entry_point,
     )
     from .pipeline_output import BitstreamDiffusionPipelineOutput
+    from .remote_code import check_remote_code, remote_code_files, write_remote_code
 
 
 def __getattr__(name: str) -> Any:

@@ -78,7 +78,8 @@ class BitstreamPipelineModelLoader:
             config = config_dict if config_dict.get("model_type") == BitstreamPipelineFolderConfig.model_type else None
         if isinstance(config, dict):
             config = BitstreamPipelineFolderConfig(**config)
-        if isinstance(config, BitstreamPipelineFolderConfig):
+        if getattr(config, "model_type", None) == BitstreamPipelineFolderConfig.model_type:
+            # also the folder's own copy of the config class (`trust_remote_code=True` loads that one)
             kwargs.setdefault("subfolder", config.model_subfolder)
         elif config is not None:
             kwargs["config"] = config

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..codecs import TextBitCodec
+from ..codecs.text_codec import TextBitCodec
 
 __all__ = ["TextBitCodecMixin"]
 

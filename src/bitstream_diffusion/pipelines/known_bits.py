@@ -14,7 +14,7 @@ import torch
 from diffusers.utils import logging
 
 if TYPE_CHECKING:
-    from ..codecs import TextBitCodec
+    from ..codecs.text_codec import TextBitCodec
 
 __all__ = ["KnownBits"]
 

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedModel
 
-from ..codecs import CodeTokenizer
-from ..modeling.modeling_sdt import SDTModel
-from ..schedulers.scheduling_entropy_rate import BIT_CENTER, EntropyRateScheduler
+from ..codecs.code_tokenizer import CodeTokenizer
 from .batching import MaxBatchSize, auto_max_batch_size, batch_chunks
 from .codec_mixin import TextBitCodecMixin
 from .known_bits import KnownBits
-from .pipeline_folder import write_transformers_entry_point
 from .pipeline_inputs import HALF_DTYPES, PipelineInputsMixin
 from .pipeline_output import BitstreamDiffusionPipelineOutput, OutputType
 from .random_streams import derive_sample_generators
+from .remote_code import RemoteCodeMixin
+
+if TYPE_CHECKING:
+    from ..modeling.modeling_sdt import SDTModel
+    from ..schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 __all__ = ["BitstreamDiffusionPipeline", "BitstreamDiffusionPipelineOutput", "DEFAULT_NUM_INFERENCE_STEPS"]
 
@@ -54,7 +58,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, DiffusionPipeline):
+class BitstreamDiffusionPipeline(RemoteCodeMixin, PipelineInputsMixin, TextBitCodecMixin, DiffusionPipeline):
     r"""
     Text generation with a CoBit continuous bitstream diffusion model (arXiv 2605.07013): unconditional, or with a
     text prefix (`prompt`) or known bits (`known_bits` / `known_mask`) clamped at every step.
@@ -72,6 +76,11 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
 
     Memory: `max_batch_size` (an int, or `"auto"` from the free CUDA memory) runs a large batch as chunks, one after
     another; with one generator per sample the bits are those of one big batch.
+
+    Folders: `save_pretrained` writes, besides the components, the code of the pipeline, its codec and its scheduler
+    (from this package's modules, see [`~pipelines.remote_code`]), so `diffusers.DiffusionPipeline.from_pretrained(
+    folder, trust_remote_code=True)` loads a folder without this package and gives the same bits for the same seed;
+    `BitstreamDiffusionPipeline.from_pretrained(folder)` loads it with this package's classes.
 
     Components:
         model ([`SDTModel`]): the Sequence Diffusion Transformer denoiser.
@@ -100,8 +109,8 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
 
     def __init__(
         self,
-        model: SDTModel,
-        scheduler: EntropyRateScheduler,
+        model: PreTrainedModel,  # an SDTModel; annotated with its base classes, which resolve wherever this file runs
+        scheduler: SchedulerMixin,  # an EntropyRateScheduler (or any scheduler with its `churn` loop)
         tokenizer,
         code_tokenizer=None,
         codec_layout: str | None = None,
@@ -113,8 +122,7 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
         super().__init__()
         if codec_layout is None:
             codec_layout = "owt" if code_tokenizer is not None else "generic"
-        if code_tokenizer is not None:  # folders saved by version 0.1 hold a plain fast tokenizer
-            code_tokenizer = CodeTokenizer.from_legacy_tokenizer(code_tokenizer)
+        code_tokenizer = _as_code_tokenizer(code_tokenizer)
         self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, code_tokenizer=code_tokenizer)
         self.register_to_config(
             codec_layout=codec_layout,
@@ -124,6 +132,7 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
             codec_clean_up_tokenization_spaces=codec_clean_up_tokenization_spaces,
         )
         self._codec = self._build_codec()  # a codec that cannot hold the vocabulary fails here, not at the first call
+        self._model_call_kwargs: dict[str, Any] = {}  # set per run by `_denoising_loop`
 
     # ------------------------------------------------------------------------------------------------ inputs
     def prepare_known_bits(
@@ -162,15 +171,28 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
         first_generator = generator[0] if isinstance(generator, list) else generator
         noise_device = first_generator.device if first_generator is not None else torch.device("cpu")
         noise = randn_tensor((batch_size, num_bits), generator=generator, device=noise_device, dtype=torch.float32)
-        return (noise * self.scheduler.init_noise_sigma + BIT_CENTER).to(device)
+        return (noise * self.scheduler.init_noise_sigma + self.scheduler.init_sample_mean).to(device)
 
     def _denoise(
         self, sample: torch.Tensor, sigma: torch.Tensor, self_cond: torch.Tensor | None, autocast
     ) -> torch.Tensor:
         """One model call: `D(x, sigma) = sigmoid(network + matched filter)`, float32 bit probabilities `[B, S]`."""
         with autocast:
-            logits = self.model(sample, sigma.to(sample.device).expand(sample.shape[0]), self_cond).logits
+            sigma = sigma.to(sample.device).expand(sample.shape[0])
+            logits = self.model(sample, sigma, self_cond, **self._model_call_kwargs).logits
         return torch.sigmoid(logits.float())
+
+    def _loop_model_call_kwargs(self) -> dict[str, Any]:
+        """
+        Keywords of every model call in the loop. A model that offers it (`check_values`) skips its per-call value
+        checks, each a host sync: the pipeline made the inputs itself (noise, scheduler levels, validated known bits)
+        and the scheduler checks every output once per run.
+        """
+        try:
+            parameters = inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):  # a wrapped model without a readable signature
+            return {}
+        return {"check_values": False} if "check_values" in parameters else {}
 
     def _denoising_loop(
         self,
@@ -185,12 +207,14 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
         """
         Run the scheduler's levels from `sample` (`prepare_latents`; call `scheduler.set_timesteps` first): churn ->
         model call -> scheduler step (-> refining call). Known bits are clamped in the state, the model's estimate
-        and the self-conditioning input.
+        and the self-conditioning input. Nothing is read back from the device per step: the model skips its per-call
+        value checks when it can, and the scheduler checks every model output once, at the final call.
 
         Returns the final state `[B, S]`, the last model call's probabilities `[B, S]` (at `terminal_sigma`) and the
         number of model calls.
         """
         scheduler = self.scheduler
+        self._model_call_kwargs = self._loop_model_call_kwargs()
         autocast = (
             contextlib.nullcontext()
             if autocast_dtype is None
@@ -218,11 +242,7 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
                 progress_bar.update()
                 self_cond = self._denoise(sample, step.refine_sigma, self_cond, autocast)
                 nfe += 1
-                if not bool(torch.isfinite(self_cond.sum(dtype=torch.float32))):  # as the scheduler checks D
-                    raise ValueError(
-                        f"The model output of the refining call at sigma={step.refine_sigma.item():.6g} contains "
-                        "NaN or infinite values; check the model's weights and precision."
-                    )
+                scheduler.record_model_output(self_cond, step.refine_sigma)  # checked with the run, no sync here
                 self_cond = clamp(self_cond)
 
             if callback_on_step_end is not None:
@@ -402,7 +422,7 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
                 chunk_known = None if known is None else known.select(rows).to(device)
 
                 # 4. Noise levels, then the initial state (the first noise draw)
-                self.scheduler.set_timesteps(num_inference_steps, gamma=gamma)
+                self.scheduler.set_timesteps(num_inference_steps, device=device, gamma=gamma)
                 self._num_timesteps = len(self.scheduler.timesteps)
                 num_bits = sequence_length * self.bits_per_token
                 sample = self.prepare_latents(rows.stop - rows.start, num_bits, device, chunk_generator)
@@ -447,13 +467,17 @@ class BitstreamDiffusionPipeline(PipelineInputsMixin, TextBitCodecMixin, Diffusi
         """The rows of the batch that the running (or last) chunk holds: what a callback's tensors are."""
         return getattr(self, "_chunk_rows", None)
 
-    # ------------------------------------------------------------------------------------------------ saving
-    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
-        """
-        Write `model_index.json` and, next to it, the `config.json` through which
-        `transformers.pipeline("bitstream-text-generation", model=folder)` finds this folder (it points at the SDT in
-        `model/`; diffusers ignores it).
-        """
-        os.makedirs(save_directory, exist_ok=True)
-        write_transformers_entry_point(save_directory)
-        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+def _as_code_tokenizer(tokenizer) -> CodeTokenizer | None:
+    """
+    The pipeline's `CodeTokenizer`: `tokenizer` itself, or rebuilt from its backend and meta when it comes from
+    another copy of the code tokenizer module (a folder's remote code loads the module once per folder that carries
+    it, which makes distinct classes of the same code), or converted from the plain fast tokenizer of a folder saved
+    by version 0.1.
+    """
+    if tokenizer is None or isinstance(tokenizer, CodeTokenizer):
+        return tokenizer
+    meta = getattr(tokenizer, "meta", None)
+    if type(tokenizer).__name__ == CodeTokenizer.__name__ and hasattr(meta, "to_init_kwargs"):
+        return CodeTokenizer(tokenizer_object=tokenizer.backend_tokenizer, **meta.to_init_kwargs())
+    return CodeTokenizer.from_legacy_tokenizer(tokenizer)

@@ -1,9 +1,18 @@
 """The layout of a saved [`BitstreamDiffusionPipeline`] folder, as transformers and this package find it.
 
 A pipeline folder is a diffusers folder (`model_index.json`, with the SDT in `model/`, plus `scheduler/`,
-`tokenizer/` and, for OWT, `code_tokenizer/`) with one extra file: a root `config.json` of model type
-`"bitstream_diffusion_pipeline"` ([`BitstreamPipelineFolderConfig`]). `transformers.pipeline(task, model=folder)`
-reads `config.json` at the root before anything else; this one points it at the SDT in `model/`. diffusers ignores it.
+`tokenizer/` and, for OWT, `code_tokenizer/`, and the code it needs, see `remote_code`) with one extra file: a root
+`config.json` of model type `"bitstream_diffusion_pipeline"` ([`BitstreamPipelineFolderConfig`]). transformers reads
+`config.json` at the root before anything else; this one points it at the SDT in `model/`, and its `auto_map` names
+this file (which the folder carries), so that without this package
+
+```py
+>>> from transformers import AutoModel
+>>> denoiser = AutoModel.from_pretrained(folder_or_repo, trust_remote_code=True)  # the SDT of `model/`
+```
+
+loads the denoiser ([`BitstreamPipelineDenoiserLoader`]). With the package, `transformers.pipeline(
+"bitstream-text-generation", model=folder)` follows the same config to the SDT. diffusers ignores the file.
 
 Both the diffusers pipeline (which writes the entry point when saving) and the transformers task (which follows it)
 import this module; it imports neither of them, nor diffusers.
@@ -11,6 +20,7 @@ import this module; it imports neither of them, nor diffusers.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -23,6 +33,7 @@ from ..utils.atomic_io import write_json_atomic
 __all__ = [
     "MODEL_SUBFOLDER",
     "PIPELINE_INDEX_NAME",
+    "BitstreamPipelineDenoiserLoader",
     "BitstreamPipelineFolderConfig",
     "is_pipeline_folder",
     "pipeline_folder_of",
@@ -50,9 +61,48 @@ class BitstreamPipelineFolderConfig(PretrainedConfig):
     model_subfolder: str = MODEL_SUBFOLDER
 
 
+class BitstreamPipelineDenoiserLoader:
+    """
+    The `AutoModel` of a pipeline folder's root `config.json`: `AutoModel.from_pretrained(folder_or_repo,
+    trust_remote_code=True)` returns the folder's SDT denoiser, loaded from `model/` with the code stored there (a hub
+    repo's `model/` is downloaded first). It is no model class: transformers only calls `from_pretrained` on it.
+    Model keywords (`dtype`, `device_map`, `attn_implementation`, ...) are passed on.
+    """
+
+    config_class = BitstreamPipelineFolderConfig
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoModel") -> None:
+        """Nothing to register (transformers calls this on every class it loads from remote code)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, config=None, **kwargs):
+        from transformers import AutoModel
+
+        subfolder = getattr(config, "model_subfolder", None) or MODEL_SUBFOLDER
+        hub_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+        hub = {key: kwargs.pop(key) for key in hub_keys if kwargs.get(key) is not None}
+        for key in ("adapter_kwargs", "_from_auto", "subfolder", "code_revision"):
+            kwargs.pop(key, None)
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path, allow_patterns=[f"{subfolder}/*"], **hub)
+        return AutoModel.from_pretrained(os.path.join(path, subfolder), *model_args, **kwargs)
+
+
 def write_transformers_entry_point(save_directory: str | os.PathLike) -> Path:
-    """Write the root `config.json` of a pipeline folder ([`BitstreamPipelineFolderConfig`]); returns its path."""
+    """
+    Write the root `config.json` of a pipeline folder ([`BitstreamPipelineFolderConfig`], with the `auto_map` of
+    this file and [`BitstreamPipelineDenoiserLoader`]); returns its path.
+    """
+    module = __name__.rsplit(".", 1)[-1]
     entry = {
+        "auto_map": {
+            "AutoConfig": f"{module}.{BitstreamPipelineFolderConfig.__name__}",
+            "AutoModel": f"{module}.{BitstreamPipelineDenoiserLoader.__name__}",
+        },
         "model_type": BitstreamPipelineFolderConfig.model_type,
         "model_subfolder": MODEL_SUBFOLDER,
         "transformers_version": transformers.__version__,
@@ -91,6 +141,5 @@ def pipeline_folder_of(model) -> str:
     return source
 
 
-from .._auto_registration import register_when_loaded  # noqa: E402
-
-register_when_loaded(__name__)
+if __package__ == "bitstream_diffusion.pipelines":  # skipped in the copy a saved folder carries (remote code)
+    importlib.import_module("bitstream_diffusion._auto_registration").register_when_loaded(__name__)

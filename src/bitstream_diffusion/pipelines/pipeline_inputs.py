@@ -1,6 +1,9 @@
-"""Validation of [`BitstreamDiffusionPipeline.__call__`]'s arguments, before anything runs."""
+"""Validation of [`BitstreamDiffusionPipeline.__call__`]'s arguments, before anything runs, and of the scheduler it is
+given (a scheduler the pipeline cannot drive is refused when it is set)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from diffusers.utils import logging
@@ -8,16 +11,53 @@ from diffusers.utils import logging
 from .batching import MaxBatchSize, check_max_batch_size
 from .pipeline_output import OUTPUT_TYPES
 
-__all__ = ["HALF_DTYPES", "PipelineInputsMixin"]
+__all__ = ["HALF_DTYPES", "SCHEDULER_API", "PipelineInputsMixin", "check_scheduler"]
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 #: The `autocast_dtype`s the pipeline accepts (and the model dtypes that turn autocast on).
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: What the pipeline uses of its scheduler: the `churn` loop of `EntropyRateScheduler` (churn before every model call,
+#: a step on bit probabilities, self-conditioning outputs, outputs checked once per run).
+SCHEDULER_API = (
+    "set_timesteps",
+    "churn",
+    "step",
+    "num_model_calls",
+    "record_model_output",
+    "init_noise_sigma",
+    "init_sample_mean",
+)
+
+
+def check_scheduler(scheduler: Any) -> None:
+    """Raise `TypeError` unless the pipeline can drive `scheduler` (it has [`SCHEDULER_API`] and a
+    `self_conditioning` policy in its config)."""
+    missing = [name for name in SCHEDULER_API if not hasattr(scheduler, name)]
+    config = getattr(scheduler, "config", None)
+    if not missing and (not hasattr(config, "get") or config.get("self_conditioning") is None):
+        missing.append("config.self_conditioning")
+    if missing:
+        raise TypeError(
+            f"BitstreamDiffusionPipeline cannot drive a {type(scheduler).__name__}: it lacks {missing}. The pipeline "
+            "churns before every model call (`churn`), steps on bit probabilities and carries self-conditioning; use "
+            "an EntropyRateScheduler, e.g. `EntropyRateScheduler.from_config(pipe.scheduler.config, solver=\"heun\")`."
+        )
 
 
 class PipelineInputsMixin:
-    """`check_inputs` of [`BitstreamDiffusionPipeline`]: every argument of a call checked up front."""
+    """`check_inputs` of [`BitstreamDiffusionPipeline`]: every argument of a call checked up front; a scheduler the
+    pipeline cannot drive is refused when it is set (`pipe.scheduler = ...`, `register_modules`, loading)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "scheduler" and value is not None:
+            check_scheduler(value)
+        super().__setattr__(name, value)
+
+    def register_modules(self, **kwargs) -> None:
+        if kwargs.get("scheduler") is not None:
+            check_scheduler(kwargs["scheduler"])  # before diffusers records it in the config
+        super().register_modules(**kwargs)
 
     def check_inputs(
         self,
@@ -35,6 +75,7 @@ class PipelineInputsMixin:
         max_batch_size: MaxBatchSize = None,
     ) -> None:
         """Validate every argument of `__call__` up front; raises `ValueError`/`TypeError` saying what to pass."""
+        check_scheduler(self.scheduler)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` (number of samples) must be a positive integer, got {batch_size!r}.")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:

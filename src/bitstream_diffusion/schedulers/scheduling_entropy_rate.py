@@ -16,16 +16,26 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
+from .call_plan import CallPlan, ModelCall
 from .entropy_tables import EntropyTables, validate_entropy_tables  # noqa: F401 (validate_*: old import path)
+from .noise_levels import NoiseLevelsMixin
 from .scheduler_checks import (
+    ModelOutputMonitor,
     check_churn_window_available,
     check_config,
+    check_custom_sigmas,
     check_gamma,
     check_num_levels,
     check_step_inputs,
     entropy_table_from_config,
 )
-from .sigma_grids import churn_gammas, churn_points, entropy_grid, entropy_quantile, karras_grid
+from .scheduler_conventions import SchedulerConventionsMixin
+from .sigma_grids import (
+    churn_gammas,
+    churn_points,
+    gamma_from_paper,
+    gamma_from_s_churn,
+)
 
 __all__ = ["BIT_CENTER", "MAX_GAMMA", "ChurnOutput", "EntropyRateScheduler", "EntropyRateSchedulerOutput"]
 
@@ -33,7 +43,7 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 #: The largest per-step churn factor EDM allows (Karras et al. 2022, Algorithm 2); the official code caps at it too.
 MAX_GAMMA = math.sqrt(2.0) - 1.0
-#: Bits live in {0, 1}; the model centres its inputs on this value.
+#: Bits live in {0, 1}; the model centres its inputs on this value, and the initial sample is centred on it.
 BIT_CENTER = 0.5
 
 
@@ -44,8 +54,9 @@ class EntropyRateSchedulerOutput(BaseOutput):
 
     Args:
         prev_sample (`torch.Tensor` of shape `(batch_size, num_bits)`):
-            The state after this call, at the next noise level; feed it to `churn` before the next model call. After
-            the final call (at `terminal_sigma`) it is the denoiser output itself: threshold it at 0.5 to get bits.
+            The state after this call, at the next noise level: in the `churn` loop feed it to `churn` before the next
+            model call; in a generic loop (no `churn` calls) it is already churned for the next call. After the final
+            call (at `terminal_sigma`) it is the denoiser output itself: threshold it at 0.5 to get bits.
         pred_original_sample (`torch.Tensor` of shape `(batch_size, num_bits)`):
             The denoiser output `D` of this call (bit probabilities, the x0 estimate).
         self_cond (`torch.Tensor` or `None`):
@@ -53,8 +64,8 @@ class EntropyRateSchedulerOutput(BaseOutput):
             with `"none"`). With Heun it is the estimate of the step's first evaluation, as in the official sampler.
         refine_sigma (`torch.Tensor` or `None`):
             Only with `self_conditioning="refined"`, after a call that completes a step: the noise level (0-d float32,
-            CPU) of the extra refining call `D(prev_sample, refine_sigma, self_cond)`, whose output replaces
-            `self_cond`. `None` otherwise.
+            on the device of `set_timesteps`) of the extra refining call `D(prev_sample, refine_sigma, self_cond)`,
+            whose output replaces `self_cond`. `None` otherwise.
     """
 
     prev_sample: torch.Tensor
@@ -70,7 +81,7 @@ class ChurnOutput(NamedTuple):
     sigma: torch.Tensor
 
 
-class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
+class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, SchedulerMixin, ConfigMixin):
     """
     The entropy-rate sampler of CoBit [1]: Euler (or Heun) steps on the variance-exploding probability-flow ODE
     `dx/dsigma = (x - D(x, sigma)) / sigma` over a noise grid placed by the inverse CDF of a learned entropy-rate
@@ -85,15 +96,16 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
     calls with Euler and carried self-conditioning (the final denoise included; the paper's "256 NFE" is 255
     levels); Heun and refined self-conditioning each add one call per step, see `num_model_calls`.
 
-    Unlike diffusers' `EDMEulerScheduler`, which adds the churn noise inside `step`, i.e. *after* the model was
-    evaluated at the unchurned point, and then reuses that evaluation at the churned level, this scheduler churns in
-    a separate `churn` call *before* the model call, so the model is evaluated at the churned point `(x_hat,
-    sigma_hat)` as in EDM Algorithm 2 and the official sampler. The denoising loop, complete for every solver and
-    self-conditioning policy (the number of `denoiser` calls is `num_model_calls()`):
+    EDM (and the official sampler) churn *before* the model call and evaluate the model at the churned point `(x_hat,
+    sigma_hat)`; diffusers' `EDMEulerScheduler` churns inside `step`, after the model saw the unchurned point. This
+    scheduler does the former, in one of two ways (docs/design.md#churn-and-gamma):
+
+    * the `churn` loop (the pipeline's, in the official draw order; complete for every solver and self-conditioning
+      policy, `num_model_calls()` denoiser calls):
 
     ```py
-    scheduler.set_timesteps(num_inference_steps, gamma=gamma)
-    x = randn_tensor((B, S), generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma + 0.5
+    scheduler.set_timesteps(num_inference_steps, device=device, gamma=gamma)
+    x = randn_tensor((B, S), generator=generator) * scheduler.init_noise_sigma + scheduler.init_sample_mean
     self_cond = None if scheduler.config.self_conditioning == "none" else torch.zeros_like(x)
     for _ in scheduler.timesteps:
         x_hat, sigma_hat = scheduler.churn(x, generator=generator)
@@ -102,11 +114,21 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         x, self_cond = out.prev_sample, out.self_cond
         if out.refine_sigma is not None:  # self_conditioning="refined"
             self_cond = denoiser(x, out.refine_sigma.expand(B), self_cond)
+            scheduler.record_model_output(self_cond, out.refine_sigma)
     bits = x > 0.5
     ```
 
+    * a generic diffusers loop, `for t in scheduler.timesteps: x = scheduler.step(D(scheduler.scale_model_input(x,
+      t), t), t, x, generator=g).prev_sample`: without `churn` calls, `step` applies the churn of the next call at its
+      end, so `timesteps` holds the churned levels. The first call is made at the unchurned first level (nothing can
+      churn before it); the draws are otherwise those of the `churn` loop, so the two give the same bits whenever the
+      first level does not churn. `"refined"` self-conditioning needs the `churn` loop.
+
+    Model outputs are checked without a host sync per step: the first output of a run that is NaN, infinite or
+    outside [0, 1] (e.g. logits) is reported at the run's final call (one host read per run).
+
     This model inherits from [`SchedulerMixin`] and [`ConfigMixin`]; `save_pretrained` / `from_pretrained` store the
-    entropy table in `scheduler_config.json`.
+    entropy table in `scheduler_config.json` (`print(scheduler)` abbreviates it).
 
     Args:
         sigma_min (`float`, *optional*, defaults to `0.002`):
@@ -120,9 +142,10 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         sigma_data (`float`, *optional*, defaults to `0.5`):
             Standard deviation of the data (0.5 for fair bits). Kept in the config for reference; the model applies
             its own EDM input scaling and the sampler does not read it.
-        sigma_schedule (`Literal["entropy", "karras"]`, *optional*, defaults to `"entropy"`):
+        noise_schedule (`Literal["entropy", "karras"]`, *optional*, defaults to `"entropy"`):
             `"entropy"`: inverse-CDF placement on the entropy table (the paper; needs the table). `"karras"`: the EDM
-            grid from `sigma_max` to `terminal_sigma`.
+            grid from `sigma_max` to `terminal_sigma`. Called `sigma_schedule` before version 0.2, a name that
+            `EDMEulerScheduler` uses for its own grids; the old name is still accepted (configs and arguments).
         rho (`float`, *optional*, defaults to `7.0`):
             Exponent of the Karras grid (also used by `entropic_blend_alpha`). Range (0, inf); EDM uses 7.
         entropic_blend_alpha (`float`, *optional*, defaults to `0.0`):
@@ -163,7 +186,8 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = []
-    order = 1
+    #: The initial sample is `noise * init_noise_sigma + init_sample_mean`: noise around the centre of the bits.
+    init_sample_mean: float = BIT_CENTER
 
     @register_to_config
     def __init__(
@@ -172,7 +196,7 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         sigma_max: float = 80.0,
         terminal_sigma: float = 0.08,
         sigma_data: float = 0.5,
-        sigma_schedule: Literal["entropy", "karras"] = "entropy",
+        noise_schedule: Literal["entropy", "karras"] = "entropy",
         rho: float = 7.0,
         entropic_blend_alpha: float = 0.0,
         gamma: float = 0.0,
@@ -185,7 +209,9 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         entropy_cdf: list[float] | None = None,
         entropy_sigmas: list[float] | None = None,
         entropy_edges: list[float] | None = None,
+        **kwargs,
     ) -> None:
+        self._accept_renamed_arguments(kwargs, noise_schedule)
         check_config(self.config)
         self.register_to_config(churn_window=[float(v) for v in churn_window])
 
@@ -199,10 +225,8 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = None
         self.sigmas = None
         self.gammas = None
-        self._step_index = None
-        self._churned_sigma = None
-        self._heun_state = None
-        self._churn_points = {}
+        self._begin_index = None
+        self._reset_run()
 
     @classmethod
     def from_entropy_tables(cls, tables_dir: str | os.PathLike, **kwargs) -> "EntropyRateScheduler":
@@ -214,157 +238,105 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         bounds = {name: kwargs[name] for name in ("sigma_min", "sigma_max") if name in kwargs}
         return cls(**EntropyTables.from_folder(tables_dir, **bounds).to_config(), **kwargs)
 
-    @staticmethod
-    def gamma_from_s_churn(s_churn: float, num_inference_steps: int) -> float:
-        """
-        Convert the official/EDM `S_churn` into the per-step `gamma` for `num_inference_steps` levels.
-
-        The official sampler uses `gamma_i = min(S_churn / (N - 1), sqrt(2) - 1)` on an N-point grid (the cap is
-        applied by the scheduler).
-        """
-        if num_inference_steps < 2:
-            raise ValueError(f"num_inference_steps must be >= 2, got {num_inference_steps}.")
-        return float(s_churn) / (num_inference_steps - 1)
-
-    @staticmethod
-    def gamma_from_paper(gamma: float, nfe: int) -> float:
-        """
-        Convert the paper's `gamma` "at NFE `nfe`" into the per-step `gamma` of this scheduler.
-
-        The official evaluation sets `S_churn = gamma * (nfe - 1)` but samples with `nfe - 1` levels (so `nfe - 1`
-        model calls), hence `gamma * (nfe - 1) / (nfe - 2)` per step; run it with `num_inference_steps = nfe - 1`.
-        E.g. the paper's 0.2 at 256 NFE is 0.20079 per step on 255 levels.
-        """
-        if nfe < 3:
-            raise ValueError(f"nfe must be >= 3 (the paper's sampler uses nfe - 1 >= 2 levels), got {nfe}.")
-        return EntropyRateScheduler.gamma_from_s_churn(float(gamma) * (nfe - 1), nfe - 1)
-
-    def num_model_calls(self, num_inference_steps: int | None = None) -> int:
-        """
-        Denoiser calls a run with `num_inference_steps` levels makes (default: the levels of the last `set_timesteps`).
-
-        Euler: `n` (n - 1 steps and the final denoise). Heun adds one call per step, refined self-conditioning adds
-        one call per step: Euler + refined `2n - 1`, Heun + carry `2n - 1`, Heun + refined `3n - 2`.
-        """
-        n = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        if n is None:
-            raise ValueError("Pass num_inference_steps or call `set_timesteps` first.")
-        check_num_levels(n)
-        extra_per_step = int(self.config.solver == "heun") + int(self.config.self_conditioning == "refined")
-        return n + extra_per_step * (n - 1)
-
-    @property
-    def init_noise_sigma(self) -> float:
-        """The first noise level exactly (float32 value): the initial sample is `noise * init_noise_sigma + 0.5`."""
-        return float(self._compute_grid(2)[0])  # the first level does not depend on the number of levels
+    gamma_from_s_churn = staticmethod(gamma_from_s_churn)
+    gamma_from_paper = staticmethod(gamma_from_paper)
 
     @property
     def step_index(self) -> int | None:
         """Index of the next model call in `timesteps` (None before the first `churn` or `step`)."""
         return self._step_index
 
-    @property
-    def churn_window_sigmas(self) -> tuple[float, float]:
-        """The churn window `(low, high)` in sigma, clamped to `[terminal_sigma, sigma_max]`."""
-        window = self.config.churn_window
-        if self.config.churn_window_mode == "entropy_cdf":
-            window = [self.entropy_quantile(q) for q in window]
-        floor, ceiling = float(self.config.terminal_sigma), float(self.config.sigma_max)
-        return tuple(max(floor, min(float(v), ceiling)) for v in window)
-
-    def entropy_quantile(self, q: float) -> float:
-        """
-        The sigma at level `q` of the entropy CDF, as the official code maps it: linear interpolation between bin
-        midpoints, with the cumulative mass of a bin paired with its midpoint; `q = 0` gives the first midpoint.
-        """
-        if self._table is None:
-            raise ValueError(
-                "Entropy-CDF quantiles need the entropy table, which this scheduler lacks; pass the table, or use "
-                "churn_window_mode='sigma' with a churn window in sigma units."
-            )
-        return entropy_quantile(self._table, q)
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, sigmas: float | torch.Tensor
-    ) -> torch.Tensor:
-        """
-        The forward process `x0 + sigma * noise`.
-
-        Args:
-            original_samples (`torch.Tensor` of shape `(batch_size, ...)`): clean bits in {0, 1}.
-            noise (`torch.Tensor`): standard normal noise of the same shape.
-            sigmas (`float` or `torch.Tensor`): noise levels (not timestep indices), a scalar or one per row.
-        """
-        sigmas = torch.as_tensor(sigmas, dtype=original_samples.dtype, device=original_samples.device)
-        if sigmas.ndim > 0 and sigmas.numel() != original_samples.shape[0]:
-            raise ValueError(f"Expected one sigma per row ({original_samples.shape[0]}), got {sigmas.numel()}.")
-        return original_samples + noise * sigmas.reshape(-1, *([1] * (original_samples.ndim - 1)))
-
     def set_timesteps(
-        self, num_inference_steps: int, device: str | torch.device | None = None, gamma: float | None = None
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        gamma: float | None = None,
+        sigmas: list[float] | torch.Tensor | None = None,
     ) -> None:
         """
         Set the noise levels of a run (to be called before inference).
 
         Args:
-            num_inference_steps (`int`):
+            num_inference_steps (`int`, *optional*):
                 Number of noise levels, >= 2: the levels `sigmas[:num_inference_steps]` run from `init_noise_sigma`
                 down to `terminal_sigma`. With Euler and carried self-conditioning this is also the number of model
-                calls (see `num_model_calls`).
+                calls (see `num_model_calls`). Not needed with `sigmas`.
             device (`str` or `torch.device`, *optional*):
-                Where to put `timesteps`; `sigmas` and `gammas` stay on the CPU.
+                The device of the model: `timesteps` and the noise levels handed to the model (`churn`, `refine_sigma`)
+                live there, so that the loop moves nothing between host and device. `sigmas` and `gammas` stay on
+                the CPU.
             gamma (`float`, *optional*):
                 Per-step churn factor for this run, overriding the config's `gamma`.
+            sigmas (`list[float]` or `torch.Tensor`, *optional*):
+                A custom grid instead of the configured schedule: >= 2 finite noise levels, strictly decreasing, the
+                last one being where the final denoise is made. Churn follows the config's window and `gamma`.
+
+        After this call, `timesteps` holds the noise level of every model call of a generic loop (the churned level
+        where a step churns; see the class docstring), `sigmas` the grid followed by 0, `gammas` the churn factor of
+        each step.
         """
-        check_num_levels(num_inference_steps)
+        if sigmas is not None:
+            grid = check_custom_sigmas(sigmas, num_inference_steps)
+            num_inference_steps = grid.numel()
+        else:
+            check_num_levels(num_inference_steps)
+            grid = self._compute_grid(num_inference_steps)
         gamma = self.config.gamma if gamma is None else gamma
         check_gamma(gamma)
         check_churn_window_available(self.config, self._table, gamma)
         if gamma > MAX_GAMMA:
             logger.warning(f"gamma={gamma} exceeds sqrt(2) - 1; it is capped there as in EDM and the official code.")
 
-        grid = self._compute_grid(num_inference_steps)
         window = self.churn_window_sigmas if gamma > 0 else None
         self.num_inference_steps = num_inference_steps
         self.sigmas = torch.cat([grid, torch.zeros(1, dtype=torch.float32)])
         self.gammas = churn_gammas(grid, min(float(gamma), MAX_GAMMA), window)
-        timesteps = grid if self.config.solver == "euler" else torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
-        self.timesteps = timesteps.to(device=device)
-        self._step_index = None
-        self._churned_sigma = None
-        self._heun_state = None
+        self._begin_index = None
+        self._reset_run()
+        self._first_sigma = float(grid[0])
+        self._plan = CallPlan.build(num_inference_steps, self.config.solver)
         self._churn_points = churn_points(self.sigmas, self.gammas)
+        churned = {level: point[0] for level, point in self._churn_points.items()}
+        self.timesteps = self._plan.model_sigmas(self.sigmas, churned, first_call_churns=False).to(device)
+        # One copy to the device per run: the loop hands these to the model without a host-to-device copy per call.
+        self._call_sigmas = self._plan.model_sigmas(self.sigmas, churned, first_call_churns=True).to(device)
+        self._level_sigmas = self.sigmas.to(device)
 
-    def _compute_grid(self, num_levels: int) -> torch.Tensor:
-        """The `num_levels` noise levels, descending, float32 (bit-exact with the official `SigmaSchedule`)."""
-        config = self.config
-        karras = karras_grid(num_levels, config.terminal_sigma, config.sigma_max, config.rho)
-        if config.sigma_schedule == "karras":
-            return karras
-        grid = entropy_grid(self._table, num_levels, config.terminal_sigma, config.sigma_max)
-        alpha = float(config.entropic_blend_alpha)
-        return (1.0 - alpha) * grid + alpha * karras if alpha > 0 else grid
+    def _reset_run(self) -> None:
+        """Forget the progress of a run (the grid stays)."""
+        self._step_index = None
+        self._churned = None  # (call index, sigma handed to the model, the same level on the CPU) of a churned call
+        self._churn_driven = False  # `churn` was called in this run: the caller churns, `step` does not
+        self._heun_state = None
+        self._monitor = ModelOutputMonitor()
+        self._first_sigma = None
+        self._plan = None
+        self._churn_points = {}
 
-    def _next_call(self) -> tuple[int, int, Literal["euler", "predictor", "correction", "final"]]:
-        """
-        `(call_index, level, kind)` of the next model call. Euler: call i is a step from level i, the last one the
-        final denoise. Heun: call 0 predicts from level 0, then call 2k-1 corrects into level k and call 2k predicts
-        from level k (the final denoise when k is the last level).
-        """
-        if self.timesteps is None:
+    def _next_call(self) -> ModelCall:
+        """The next model call of the run (the first one is `begin_index`, default 0)."""
+        if self._plan is None:
             raise RuntimeError("Call `set_timesteps(num_inference_steps)` before `churn` or `step`.")
-        call_index = 0 if self._step_index is None else self._step_index
-        if call_index >= len(self.timesteps):
+        index = (self._begin_index or 0) if self._step_index is None else self._step_index
+        if index >= len(self._plan):
             raise RuntimeError(
-                f"All {len(self.timesteps)} model calls of this run are done; call `set_timesteps` to start a new run."
+                f"All {len(self._plan)} model calls of this run are done; call `set_timesteps` to start a new run."
             )
-        last = self.num_inference_steps - 1
-        if self.config.solver == "euler":
-            return call_index, call_index, ("final" if call_index == last else "euler")
-        level = (call_index + 1) // 2
-        if call_index % 2 == 1:
-            return call_index, level, "correction"
-        return call_index, level, ("final" if level == last else "predictor")
+        return self._plan[index]
+
+    def _apply_churn(self, sample: torch.Tensor, call: ModelCall, generator) -> torch.Tensor:
+        """EDM's churn before `call`: `x + delta * (eps * s_noise)` with one `sample`-shaped draw (see `churn`)."""
+        if isinstance(generator, list) and len(generator) != sample.shape[0]:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {sample.shape[0]}; pass one per row.")
+        compute_dtype = torch.promote_types(sample.dtype, torch.float32)
+        _, delta = self._churn_points[call.level]
+        eps = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=torch.float32)
+        eps = eps * torch.tensor(self.config.s_noise, dtype=torch.float32)
+        self._churned = (call.index, self._call_sigmas[call.index], self._churn_points[call.level][0])
+        return sample.to(compute_dtype) + delta.to(compute_dtype) * eps.to(compute_dtype)
+
+    def _churns(self, call: ModelCall) -> bool:
+        return call.may_churn and call.level in self._churn_points
 
     def churn(
         self,
@@ -378,32 +350,33 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         gamma_i))` and `x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) * (eps * s_noise)`, with `eps` one `sample`-shaped
         float32 standard-normal draw from `generator` (a list of generators draws each row from its own generator).
         Otherwise, and for Heun's correction and the final denoise, nothing is drawn and the point is `(sample,
-        sigma)`. Call it once before every model call.
+        sigma)`. Call it once before every model call (the `churn` loop of the class docstring).
 
         Args:
             sample (`torch.Tensor` of shape `(batch_size, ...)`): the current state.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): the source of the churn noise.
 
         Returns:
-            `ChurnOutput(sample, sigma)`: the model input and its noise level (a 0-d float32 CPU tensor; expand it to
-            the batch for the model), to pass on to `step`.
+            `ChurnOutput(sample, sigma)`: the model input and its noise level (a 0-d float32 tensor on the device of
+            `set_timesteps`; expand it to the batch for the model), to pass on to `step`.
         """
-        call_index, level, kind = self._next_call()
-        churn_point = self._churn_points.get(level) if kind in ("euler", "predictor") else None
-        if churn_point is None:
-            sigma = self.sigmas[level]
+        call = self._next_call()
+        if not self._churn_driven and self._churned is not None and self._churned[0] == call.index:
+            raise RuntimeError("This call was already churned at the end of the previous `step` (a generic loop).")
+        self._churn_driven = True
+        if self._churns(call):
+            sample = self._apply_churn(sample, call, generator)
         else:
-            if isinstance(generator, list) and len(generator) != sample.shape[0]:
-                raise ValueError(
-                    f"Got {len(generator)} generators for a batch of {sample.shape[0]}; pass one per row."
-                )
-            compute_dtype = torch.promote_types(sample.dtype, torch.float32)
-            sigma, delta = churn_point
-            eps = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=torch.float32)
-            eps = eps * torch.tensor(self.config.s_noise, dtype=torch.float32)
-            sample = sample.to(compute_dtype) + delta.to(compute_dtype) * eps.to(compute_dtype)
-        self._step_index, self._churned_sigma = call_index, (call_index, sigma)
-        return ChurnOutput(sample, sigma)
+            self._churned = (call.index, self._call_sigmas[call.index], self.sigmas[call.level])
+        self._step_index = call.index
+        return ChurnOutput(sample, self._churned[1])
+
+    def record_model_output(self, model_output: torch.Tensor, sigma: torch.Tensor) -> None:
+        """
+        Check a model output that does not pass through `step` (the refining call of `"refined"`
+        self-conditioning) like those that do: a NaN, infinite or out-of-range value is reported at the final call.
+        """
+        self._monitor.record(model_output, "of the refining call at sigma={sigma:.6g}", sigma=sigma)
 
     def step(
         self,
@@ -411,9 +384,10 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
         return_dict: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> EntropyRateSchedulerOutput | tuple:
         """
-        Advance the run by one model call, given the denoiser output at the point returned by `churn`.
+        Advance the run by one model call, given the denoiser output at the point the model was evaluated at.
 
         Euler: `d = -sigma_hat * ((D - x_hat) / sigma_hat^2)`, `x_next = x_hat + (sigma_{i+1} - sigma_hat) * d`
         (float32; the official op order, bit-exact). Heun (EDM Algorithm 2): the first call of a step returns the
@@ -422,57 +396,66 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         because only the final denoise plays the role of EDM's step to sigma = 0. The last call is the final denoise
         at `terminal_sigma`: it returns `prev_sample = D` (bits = `prev_sample > 0.5`).
 
-        The complete loop is in the class docstring.
+        In a generic loop (no `churn` calls) the churn of the next call is applied to `prev_sample` here, with
+        `generator` (see the class docstring). In the `churn` loop `generator` is not used.
 
         Args:
             model_output (`torch.Tensor`):
                 The denoiser output `D(x_hat, sigma_hat)`: bit probabilities in [0, 1], same shape as `sample`.
+                Checked once per run, at the final call, without a host sync per step.
             timestep (`float` or `torch.Tensor`):
-                The noise level the model was evaluated at: the `sigma` returned by `churn` (a scalar, or one equal
-                value per row).
+                The noise level the model was evaluated at: the `sigma` returned by `churn`, or `timesteps[i]` in a
+                generic loop (a scalar, or one equal value per row).
             sample (`torch.Tensor`):
-                The model input returned by `churn`.
+                The model input: the sample returned by `churn`, or the current state in a generic loop.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return an [`EntropyRateSchedulerOutput`] or a tuple `(prev_sample, pred_original_sample)`.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                The churn noise of a generic loop.
 
         Returns:
             [`EntropyRateSchedulerOutput`] or `tuple`. `prev_sample` is float32 (float64 if `sample` is float64).
         """
-        call_index, level, kind = self._next_call()
-        sigma_hat = self._evaluated_sigma(call_index, level, kind)
-        check_step_inputs(model_output, timestep, sample, sigma_hat, level)
+        call = self._next_call()
+        sigma_hat, evaluated_at = self._evaluated_sigma(call)
+        check_step_inputs(model_output, timestep, sample, sigma_hat, evaluated_at)
+        self._monitor.record(model_output, "at level {level} (sigma={sigma:.6g})", level=call.level, sigma=sigma_hat)
 
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
         sample = sample.to(compute_dtype)
         denoised = model_output.to(compute_dtype)
         self_cond = None if self.config.self_conditioning == "none" else denoised
-        refine_sigma = None
+        refine_level = None
 
-        if kind == "final":
+        if call.kind == "final":
             prev_sample = denoised
-        elif kind == "correction":
+        elif call.kind == "correction":
             sample_hat, derivative, first_sigma, first_denoised = self._heun_state
-            sigma_next = self.sigmas[level]
+            sigma_next = self.sigmas[call.level]
             step_size = (sigma_next - first_sigma).to(compute_dtype)
             derivative_next = self._derivative(sample, denoised, sigma_next.to(compute_dtype))
             prev_sample = sample_hat + 0.5 * step_size * (derivative + derivative_next)
             self._heun_state = None
             if self_cond is not None:
                 self_cond = first_denoised  # the official sampler carries the first evaluation's estimate
-            refine_sigma = sigma_next
+            refine_level = call.level
         else:
-            sigma_next = self.sigmas[level + 1]
+            sigma_next = self.sigmas[call.level + 1]
             step_size = (sigma_next - sigma_hat).to(compute_dtype)
             derivative = self._derivative(sample, denoised, sigma_hat.to(compute_dtype))
             prev_sample = sample + step_size * derivative
-            if kind == "predictor":
+            if call.kind == "predictor":
                 self._heun_state = (sample, derivative, sigma_hat, denoised)
             else:
-                refine_sigma = sigma_next
+                refine_level = call.level + 1
 
-        if self.config.self_conditioning != "refined":
-            refine_sigma = None
-        self._step_index, self._churned_sigma = call_index + 1, None
+        refined = self.config.self_conditioning == "refined" and refine_level is not None
+        refine_sigma = self._level_sigmas[refine_level] if refined else None
+        self._step_index, self._churned = call.index + 1, None
+        if call.kind == "final":
+            self._monitor.raise_if_bad()  # the run's one host read
+        elif not self._churn_driven:
+            prev_sample = self._churn_next_call(prev_sample, generator)
 
         if not return_dict:
             return (prev_sample, denoised)
@@ -485,13 +468,30 @@ class EntropyRateScheduler(SchedulerMixin, ConfigMixin):
         """The probability-flow drift `dx/dsigma = (x - D) / sigma`, in the official op order `-sigma * score`."""
         return -sigma * ((denoised - sample) / sigma**2)
 
-    def _evaluated_sigma(self, call_index: int, level: int, kind: str) -> torch.Tensor:
-        """The noise level of the current call: the churned sigma, or the grid level where nothing churns."""
-        if self._churned_sigma is not None and self._churned_sigma[0] == call_index:
-            return self._churned_sigma[1]
-        if kind in ("euler", "predictor") and self.gammas[level] > 0:
+    def _evaluated_sigma(self, call: ModelCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `(sigma, handed_to_model)` of the current call: the level it was evaluated at (0-d CPU float32, for the math)
+        and the tensor the caller got for the model (from `churn`, or the generic loop's `timesteps[i]`).
+        """
+        if self._churned is not None and self._churned[0] == call.index:
+            return self._churned[2], self._churned[1]
+        if self._churn_driven and self._churns(call):
             raise RuntimeError(
-                f"Step {level} churns (gamma={self.gammas[level].item():.4g}): call `scheduler.churn(sample, "
+                f"Step {call.level} churns (gamma={self.gammas[call.level].item():.4g}): call `scheduler.churn(sample, "
                 "generator=...)` before the model call and evaluate the model at the point it returns."
             )
-        return self.sigmas[level]
+        return self.sigmas[call.level], self.timesteps[call.index]
+
+    def _churn_next_call(self, sample: torch.Tensor, generator) -> torch.Tensor:
+        """A generic loop's churn: the churn of the next call, applied at the end of this step."""
+        if self._step_index >= len(self._plan) or not self._churns(self._plan[self._step_index]):
+            return sample
+        if self.config.self_conditioning == "refined":
+            raise ValueError(
+                "self_conditioning='refined' makes its refining call between a step and the next churn, so it needs "
+                "the `churn` loop (see the class docstring) or the pipeline; a generic loop cannot place it."
+            )
+        sample = self._apply_churn(sample, self._plan[self._step_index], generator)
+        index, _, sigma = self._churned
+        self._churned = (index, self.timesteps[index], sigma)  # the generic loop hands `timesteps[i]` to the model
+        return sample

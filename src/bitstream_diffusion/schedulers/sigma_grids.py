@@ -14,7 +14,15 @@ import torch
 
 from .entropy_tables import EntropyTables
 
-__all__ = ["churn_gammas", "churn_points", "entropy_grid", "entropy_quantile", "karras_grid"]
+__all__ = [
+    "churn_gammas",
+    "churn_points",
+    "entropy_grid",
+    "entropy_quantile",
+    "gamma_from_paper",
+    "gamma_from_s_churn",
+    "karras_grid",
+]
 
 
 def _sampling_cdf(tables: EntropyTables) -> torch.Tensor:
@@ -114,3 +122,28 @@ def churn_points(sigmas: torch.Tensor, gammas: torch.Tensor) -> dict[int, tuple[
     deltas = (sigma_hats.square() - sigmas.square()).clamp_min(0.0).sqrt()
     sigma_hats, deltas = sigma_hats.unbind(), deltas.unbind()
     return {level: (sigma_hats[level], deltas[level]) for level in churned}
+
+
+def gamma_from_s_churn(s_churn: float, num_inference_steps: int) -> float:
+    """
+    Convert the official/EDM `S_churn` into the per-step `gamma` for `num_inference_steps` levels.
+
+    The official sampler uses `gamma_i = min(S_churn / (N - 1), sqrt(2) - 1)` on an N-point grid (the cap is
+    applied by the scheduler).
+    """
+    if num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps must be >= 2, got {num_inference_steps}.")
+    return float(s_churn) / (num_inference_steps - 1)
+
+
+def gamma_from_paper(gamma: float, nfe: int) -> float:
+    """
+    Convert the paper's `gamma` "at NFE `nfe`" into the per-step `gamma` of this scheduler.
+
+    The official evaluation sets `S_churn = gamma * (nfe - 1)` but samples with `nfe - 1` levels (so `nfe - 1`
+    model calls), hence `gamma * (nfe - 1) / (nfe - 2)` per step; run it with `num_inference_steps = nfe - 1`.
+    E.g. the paper's 0.2 at 256 NFE is 0.20079 per step on 255 levels.
+    """
+    if nfe < 3:
+        raise ValueError(f"nfe must be >= 3 (the paper's sampler uses nfe - 1 >= 2 levels), got {nfe}.")
+    return gamma_from_s_churn(float(gamma) * (nfe - 1), nfe - 1)
