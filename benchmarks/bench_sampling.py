@@ -110,7 +110,7 @@ def build_pipeline(args: argparse.Namespace):
         scheduler = EntropyRateScheduler.from_entropy_tables(tables, **scheduler_kwargs)
     else:
         scheduler = EntropyRateScheduler(
-            sigma_schedule="karras", churn_window_mode="sigma", churn_window=(0.0, 80.0), **scheduler_kwargs
+            noise_schedule="karras", churn_window_mode="sigma", churn_window=(0.0, 80.0), **scheduler_kwargs
         )
 
     code_tokenizer = None

@@ -63,7 +63,7 @@ def _check_model_cases(model: SDTModel, cases: dict, outputs_key: str = "outputs
 
 def test_converted_folder_layout(lm1b_folder):
     index = json.loads((lm1b_folder / "model_index.json").read_text())
-    assert index["_class_name"] == "BitstreamDiffusionPipeline"
+    assert index["_class_name"] == ["pipeline_bitstream_diffusion", "BitstreamDiffusionPipeline"]
     assert index["codec_layout"] == "lm1b" and index["codec_clean_up_tokenization_spaces"] is False
     for item in ("model/model.safetensors", "model/config.json", "model/modeling_sdt.py",
                  "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json", "README.md"):

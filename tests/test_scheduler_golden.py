@@ -61,7 +61,7 @@ def test_entropy_karras_blend_matches_golden(entropy_tables_dir, schedule_golden
 
 
 def test_karras_grids_match_golden(schedule_golden):
-    scheduler = EntropyRateScheduler(sigma_schedule="karras")  # no table needed
+    scheduler = EntropyRateScheduler(noise_schedule="karras")  # no table needed
     for n, grid in schedule_golden["karras"].items():
         if int(n) < 2:
             continue  # one level is rejected: the final denoise needs a level of its own

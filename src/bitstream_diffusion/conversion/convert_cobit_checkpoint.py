@@ -193,7 +193,7 @@ def convert_cobit_checkpoint(
         num_inference_steps = 255
     scheduler = EntropyRateScheduler.from_entropy_tables(
         entropy_tables, gamma=float(gamma), s_noise=1.003, terminal_sigma=0.08, churn_window=(0.0, 1.0),
-        self_conditioning="carry", solver="euler", sigma_schedule="entropy",
+        self_conditioning="carry", solver="euler", noise_schedule="entropy",
     )
 
     # 3. tokenizers and codec
