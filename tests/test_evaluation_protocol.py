@@ -606,6 +606,25 @@ def test_model_metrics_need_a_reference(pipeline_dir, evaluator_dir, tmp_path, c
     assert not (tmp_path / "out" / "cache").exists()  # refused before anything was generated
 
 
+
+@pytest.mark.slow
+def test_mauve_with_the_offline_smollm2_evaluator(first_run, pipeline_dir, reference_file, tmp_path):
+    """``--evaluator smollm2 --mauve``: the featuriser defaults to the evaluator (the offline SmolLM2-135M folder,
+    shared with the float32 GenPPL scorer) and MAUVE is the library's on the same texts."""
+    from bitstream_diffusion.evaluation import compute_mauve
+    from bitstream_diffusion.offline import prepare_gguf_evaluator
+
+    argv = _argv(pipeline_dir, tmp_path, "smollm2", reference_file, specs=SPECS[:1], seeds=(0,))
+    assert main([*argv, "--mauve"]) == 0
+    row = _read_jsonl(tmp_path / "results.jsonl")[0]
+    assert row["evaluator"] == row["mauve_featurizer"] == "smollm2" and 0 < row["mauve"] <= 1
+    texts = [s["text"] for s in _read_jsonl(tmp_path / "samples.jsonl")]
+    reference = [r["text"] for r in _read_jsonl(tmp_path / "reference.jsonl")]
+    featurizer = prepare_gguf_evaluator()
+    direct = compute_mauve(texts, reference, featurize_model_id=featurizer, max_text_length=8, device="cpu")
+    assert row["mauve"] == pytest.approx(direct.mauve, rel=1e-6)
+    assert "| MAUVE |" in (tmp_path / "summary.md").read_text()
+
 # ---------------------------------------------------------------------------------------------------- processes
 
 

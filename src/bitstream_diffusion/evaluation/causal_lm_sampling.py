@@ -7,7 +7,7 @@ its uniforms ``u[i, :]`` from its own ``torch.Generator`` before the loop. A sam
 generator, not on the batch it runs in, the chunk size or the number of processes (the protocol seeds sample ``i``
 with :func:`~bitstream_diffusion.evaluation.sampler_specs.sample_seed`). transformers' ``generate`` draws from one
 global generator for the whole batch, so its samples change with the batch; calling it once per sample gives
-per-sample seeds but was measured 10x (8 samples) to 30x (64 samples) slower than this loop on CPU (a 4M-parameter
+per-sample seeds but was measured 9x (8 samples) to 30x (64 samples) slower than this loop on CPU (a 4M-parameter
 Llama, 32 tokens), so the protocol uses the loop.
 
 The token of a row at temperature ``T`` is drawn from ``softmax(logits / T)`` (``T = 0``: the argmax); with ``top_p``
