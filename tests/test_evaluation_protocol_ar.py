@@ -315,3 +315,24 @@ def test_two_processes_give_the_same_samples_and_exact_perplexity(
         for column in ("row_type", "spec", "seed", "gen_ppl", "entropy", "nll_per_token", "bits_per_token",
                        "bits_per_token_stderr", "ppl_bound"):  # fmt: skip
             assert a[column] == b[column], column
+
+
+def test_model_kind_and_training_record_are_read_from_the_folder(tmp_path):
+    from bitstream_diffusion.evaluation.protocol_models import detect_model_kind, read_training_record
+
+    run = tmp_path / "run"
+    folder = run / "export"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    assert detect_model_kind(folder) == "ar"
+    (folder / "model_index.json").write_text("{}")
+    assert detect_model_kind(folder) == "cobit"  # a pipeline folder also has a root config.json
+
+    assert read_training_record(folder) == read_training_record(folder, {})
+    assert read_training_record(folder).num_tokens is None
+    fields = read_training_record(folder, {"train_tokens": 5, "num_tokens": 7})
+    assert (fields.train_tokens, fields.num_tokens, fields.data_recipe) == (5, 7, None)
+    (run / "train_summary.json").write_text(json.dumps({"tokens_seen": 640}))
+    (run / "training_config.yaml").write_text("data_recipe: owt\nnum_tokens: 1024\nowt_base_seq_len: 256\n")
+    record = read_training_record(folder, {"train_tokens": 5, "num_tokens": 7})
+    assert (record.train_tokens, record.num_tokens, record.data_recipe) == (640, 256, "owt")  # OWT rows: GPT-2 windows

@@ -112,16 +112,16 @@ def vlb_of_batches(model, bits, batches: range, settings: LikelihoodSettings) ->
     from .vlb_draws import draw_vlb_noise
 
     size, num_bits = bits.shape
-    generator = torch.Generator().manual_seed(int(settings.seed))
-    for k in range(batches.start):  # replay: the draws depend on the batch shape only
-        rows = _rows_of(range(k, k + 1), settings.batch_size, size)
-        placeholder = torch.zeros((rows.stop - rows.start, num_bits), dtype=torch.float32)
-        draw_vlb_noise(placeholder, settings.num_mc_samples, generator=generator)
     mine = bits[_rows_of(batches, settings.batch_size, size)]
     bits_per_token = int(model.config.bits_per_token)
     if mine.shape[0] == 0:
         empty = torch.zeros(0, dtype=torch.float64)
         return {"vlb": empty, "recon": empty, "diff": empty, "prior": empty, "bits_per_token": bits_per_token}
+    generator = torch.Generator().manual_seed(int(settings.seed))
+    for k in range(batches.start):  # replay: the draws depend on the batch shape only
+        rows = _rows_of(range(k, k + 1), settings.batch_size, size)
+        placeholder = torch.zeros((rows.stop - rows.start, num_bits), dtype=torch.float32)
+        draw_vlb_noise(placeholder, settings.num_mc_samples, generator=generator)
     out = compute_vlb(
         model,
         mine,
