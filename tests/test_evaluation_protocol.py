@@ -1,7 +1,9 @@
 """The paper's evaluation protocol command (``bitstream_diffusion.evaluation.run_protocol``) on a tiny pipeline.
 
 A random-weight SDT (adaLN layers randomised, so the network output is far from the bare matched filter) with the
-official LM1B entropy table and the real BERT tokenizer, 8 tokens per sample; the golden tiny GPT-2 scores the texts.
+official LM1B entropy table and the real BERT tokenizer, 8 tokens per sample; the golden tiny GPT-2 scores the texts
+and is the MAUVE featuriser. The first run measures everything: GenPPL, entropy, MAUVE, the variational bound and the
+held-out loss. (Causal-LM folders: ``test_evaluation_protocol_ar.py``.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bitstream_diffusion.evaluation.protocol_likelihood import LIKELIHOOD_COLUMNS
 from bitstream_diffusion.evaluation.run_protocol import (
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
@@ -33,6 +36,9 @@ SPECS = ("gamma=0.2,nfe=6", "gamma=0.3,steps=5")
 SEEDS = (0, 1)
 NUM_SAMPLES = 4
 BATCH_SIZE = 2
+VLB_BATCH_SIZE = 3  # 4 reference rows: batches [0, 3) and [3, 4), one per process with two processes
+HELDOUT_SIGMAS = (0.1, 1.0)
+LIKELIHOOD_SEED = 5
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -111,6 +117,15 @@ def evaluator_dir(golden_dir) -> Path:
     return golden_dir / "genppl" / "tiny_gpt2"
 
 
+def _metric_flags(evaluator_dir) -> list[str]:
+    """Every model and MAUVE metric, with the tiny GPT-2 as the MAUVE featuriser."""
+    return [
+        "--vlb", "--vlb-batch-size", str(VLB_BATCH_SIZE), "--likelihood-seed", str(LIKELIHOOD_SEED),
+        "--heldout-loss", "--heldout-loss-sigmas", *map(str, HELDOUT_SIGMAS),
+        "--mauve", "--mauve-featurizer", str(evaluator_dir),
+    ]  # fmt: skip
+
+
 def _argv(
     pipeline_dir, output_dir, evaluator_dir, reference_file=None, *, specs=SPECS, seeds=SEEDS, batch_size=BATCH_SIZE
 ):
@@ -156,8 +171,12 @@ def first_run(tmp_path_factory, pipeline_dir, evaluator_dir, reference_file):
     output_dir = tmp_path_factory.mktemp("run") / "out"
     with pytest.MonkeyPatch.context() as monkeypatch:
         counter = _CallCounter(monkeypatch)
-        assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file)) == 0
+        assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file) + _metric_flags(evaluator_dir)) == 0
     return output_dir, counter.calls
+
+
+def _sample_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["row_type"] == "samples"]
 
 
 # ---------------------------------------------------------------------------------------------------- specs
@@ -249,7 +268,7 @@ for name, folder in {stubs!r}:
 from bitstream_diffusion.evaluation.run_protocol import main
 with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
     main(["--help"])
-assert "--reference-packing" in out.getvalue()
+assert all(flag in out.getvalue() for flag in ("--reference-packing", "--vlb", "--mauve", "--max-batch-size"))
 print(sorted(m for m in ("torch", "transformers", "diffusers", "accelerate", "datasets") if m in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
@@ -270,15 +289,26 @@ def test_protocol_writes_the_stated_files_and_columns(first_run, pipe):
         assert (output_dir / name).is_file(), name
     assert (output_dir / "genppl_vs_entropy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    rows = _read_jsonl(output_dir / "results.jsonl")
-    header, csv_rows = _read_csv(output_dir / "results.csv")
-    assert header == list(RESULT_COLUMNS) and all(list(row) == list(RESULT_COLUMNS) for row in rows)
-    stated = {"seed", "gamma", "num_inference_steps", "nfe", "gen_ppl", "entropy", "wall_time_s", "samples_per_s"}
+    all_rows = _read_jsonl(output_dir / "results.jsonl")
+    header, all_csv_rows = _read_csv(output_dir / "results.csv")
+    assert header == list(RESULT_COLUMNS) and all(list(row) == list(RESULT_COLUMNS) for row in all_rows)
+    stated = {"seed", "gamma", "num_inference_steps", "nfe", "gen_ppl", "entropy", "wall_time_s", "samples_per_s",
+              "model_kind", "num_parameters", "train_tokens", "mauve", "vlb_bpd", "bits_per_token", "ppl_bound",
+              "heldout_loss"}  # fmt: skip
     assert stated <= set(header)
+    # one row per spec x seed, then the model's likelihood row, then the reference
+    assert [r["row_type"] for r in all_rows] == ["samples"] * len(SPECS) * len(SEEDS) + ["model", "reference"]
+    assert [r["row_type"] for r in all_csv_rows] == [r["row_type"] for r in all_rows]
+    rows, csv_rows = all_rows[:-2], all_csv_rows[:-2]
     assert [(r["spec"], r["seed"]) for r in rows] == [(s, seed) for s in SPECS for seed in SEEDS]
     assert [(r["spec"], int(r["seed"])) for r in csv_rows] == [(r["spec"], r["seed"]) for r in rows]
+    num_parameters = sum(p.numel() for p in pipe.model.parameters())
     for row, csv_row in zip(rows, csv_rows, strict=True):
         assert float(csv_row["gen_ppl"]) == row["gen_ppl"] and float(csv_row["entropy"]) == row["entropy"]
+        assert row["model_kind"] == "cobit" and row["num_parameters"] == num_parameters
+        assert row["train_tokens"] is None  # nothing recorded beside the folder
+        assert 0 < row["mauve"] <= 1 and float(csv_row["mauve"]) == row["mauve"]
+        assert row["vlb_bpd"] is None and row["likelihood"] is None  # a property of the model, not of a sampler
         assert row["num_inference_steps"] == 5 and row["nfe"] == 5  # nfe=6 in the paper's notation is 5 calls
         assert row["num_samples"] == NUM_SAMPLES and row["num_batches"] == num_batches and row["cached_batches"] == 0
         assert row["num_processes"] == 1 and row["wall_time_s"] > 0 and row["samples_per_s"] > 0
@@ -287,19 +317,36 @@ def test_protocol_writes_the_stated_files_and_columns(first_run, pipe):
     assert paper_row["paper_nfe"] == 6 and paper_row["gamma_per_step"] == EntropyRateScheduler.gamma_from_paper(0.2, 6)
     assert rows[-1]["paper_nfe"] is None and rows[-1]["gamma_per_step"] == 0.3
 
+    model, reference = all_rows[-2:]
+    assert (model["model_kind"], model["spec"], model["seed"], model["gen_ppl"]) == ("cobit", None, None, None)
+    assert model["likelihood"] == "bound" and model["likelihood_rows"] == NUM_SAMPLES
+    assert model["batch_size"] == VLB_BATCH_SIZE and model["vlb_num_mc_samples"] == 1
+    assert (reference["model_kind"], reference["spec"], reference["num_samples"]) == ("reference", "reference", 4)
+    assert reference["num_parameters"] is None and reference["vlb_bpd"] is None
+
     summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))["summary"]
     summary_header, _ = _read_csv(output_dir / "summary.csv")
     assert summary_header == list(SUMMARY_COLUMNS)
-    assert [s["spec"] for s in summary] == [*SPECS, "reference"]
-    for entry in summary[:-1]:
+    assert [s["spec"] for s in summary] == [*SPECS, None, "reference"]
+    assert [s["row_type"] for s in summary] == ["samples"] * len(SPECS) + ["model", "reference"]
+    assert {k: summary[-2][k] for k in ("vlb_bpd", "ppl_bound", "heldout_loss")} == {
+        k: model[k] for k in ("vlb_bpd", "ppl_bound", "heldout_loss")
+    }
+    for entry in summary[:-2]:
         spec_rows = [r for r in rows if r["spec"] == entry["spec"]]
         assert entry["num_seeds"] == len(SEEDS) and entry["nfe"] == 5
         assert entry["gen_ppl_mean"] == pytest.approx(statistics.fmean(r["gen_ppl"] for r in spec_rows))
         assert entry["gen_ppl_std"] == pytest.approx(statistics.stdev(r["gen_ppl"] for r in spec_rows))
         assert entry["entropy_mean"] == pytest.approx(statistics.fmean(r["entropy"] for r in spec_rows))
+        assert entry["mauve_mean"] == pytest.approx(statistics.fmean(r["mauve"] for r in spec_rows))
+        assert entry["model_kind"] == "cobit" and entry["num_parameters"] == num_parameters
     reference = summary[-1]
     assert reference["num_samples"] == NUM_SAMPLES and reference["gen_ppl_mean"] > 1 and reference["entropy_mean"] > 0
-    assert "| reference |" in (output_dir / "summary.md").read_text(encoding="utf-8")
+    assert reference["gen_ppl_mean"] == all_rows[-1]["gen_ppl"] and reference["model_kind"] == "reference"
+    markdown = (output_dir / "summary.md").read_text(encoding="utf-8")
+    assert "| reference | reference |" in markdown and "| MAUVE |" in markdown
+    assert "## Likelihood of the held-out reference rows (4 rows)" in markdown
+    assert f"| cobit | {num_parameters:,} |  | bound (K=1) | {model['vlb_bpd']:.4f} ± " in markdown
 
     samples = _read_jsonl(output_dir / "samples.jsonl")
     assert len(samples) == len(SPECS) * len(SEEDS) * NUM_SAMPLES
@@ -312,7 +359,7 @@ def test_numbers_are_the_library_metrics_of_the_samples(first_run, evaluator_dir
     from bitstream_diffusion.evaluation import GenPPLScorer, token_entropy
 
     output_dir, _ = first_run
-    rows = _read_jsonl(output_dir / "results.jsonl")
+    rows = _sample_rows(_read_jsonl(output_dir / "results.jsonl"))
     samples = _read_jsonl(output_dir / "samples.jsonl")
     scorer = GenPPLScorer(evaluator_dir, dtype="float32", device="cpu")
     row = rows[1]
@@ -350,16 +397,19 @@ def test_rerun_skips_cached_batches(first_run, pipeline_dir, evaluator_dir, refe
     cache_files = sorted((output_dir / "cache").rglob("*.json"))
     assert len(cache_files) == len(SPECS) * len(SEEDS) * NUM_SAMPLES // BATCH_SIZE
     stamps = {p: p.stat().st_mtime_ns for p in cache_files}
-    before = _read_jsonl(output_dir / "results.jsonl")
+    before = _sample_rows(_read_jsonl(output_dir / "results.jsonl"))
     counter = _CallCounter(monkeypatch)
 
-    assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file)) == 0
+    model_before = _read_jsonl(output_dir / "results.jsonl")[-2]
+    assert main(_argv(pipeline_dir, output_dir, evaluator_dir, reference_file) + _metric_flags(evaluator_dir)) == 0
     assert counter.calls == 0
     assert {p: p.stat().st_mtime_ns for p in sorted((output_dir / "cache").rglob("*.json"))} == stamps
-    after = _read_jsonl(output_dir / "results.jsonl")
+    model_after = _read_jsonl(output_dir / "results.jsonl")[-2]
+    assert {k: model_after[k] for k in LIKELIHOOD_COLUMNS} == {k: model_before[k] for k in LIKELIHOOD_COLUMNS}
+    after = _sample_rows(_read_jsonl(output_dir / "results.jsonl"))
     for old, new in zip(before, after, strict=True):
         assert new["cached_batches"] == new["num_batches"]
-        for column in ("gen_ppl", "entropy", "nfe", "wall_time_s", "num_scored_tokens"):
+        for column in ("gen_ppl", "entropy", "nfe", "wall_time_s", "num_scored_tokens", "mauve"):
             assert new[column] == old[column], column
 
 
@@ -443,9 +493,137 @@ def test_command_line_errors(pipeline_dir, evaluator_dir, tmp_path, capsys):
     assert "Unknown spec key" in capsys.readouterr().err
     assert main(_argv(tmp_path / "missing", tmp_path / "out", evaluator_dir)) == 2
     assert main(_argv(pipeline_dir, tmp_path / "out", evaluator_dir, tmp_path / "missing.jsonl")) == 2
+    capsys.readouterr()
+    assert main(["--pipeline", str(pipeline_dir), "--output-dir", str(tmp_path)]) == 2  # no --spec (only AR has one)
+    assert "Give at least one sampler spec" in capsys.readouterr().err
+    assert main(_argv(pipeline_dir, tmp_path / "out", evaluator_dir, specs=("temperature=0.9",))) == 2
+    assert "are for autoregressive models" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--pipeline", str(pipeline_dir), "--output-dir", str(tmp_path)])  # no --spec
+        main(["--pipeline", str(pipeline_dir), "--spec", "gamma=0.2,nfe=6"])  # no --output-dir
 
+
+# ---------------------------------------------------------------------------------------------------- model metrics
+
+
+def _reference_bits(pipe, reference_file):
+    from bitstream_diffusion.evaluation.reference import build_reference_data
+
+    data = build_reference_data(pipe.codec, read_reference_texts(reference_file), NUM_SAMPLES)
+    return pipe.codec.ids_to_bits(data.token_ids)
+
+
+def test_the_bound_and_the_heldout_loss_are_direct_library_calls_on_the_reference_bits(first_run, pipe, reference_file):
+    """The model row is one compute_vlb / compute_heldout_loss call on the reference rows' bits, same seed."""
+    from bitstream_diffusion.evaluation import compute_heldout_loss, compute_vlb
+
+    output_dir, _ = first_run
+    model = _read_jsonl(output_dir / "results.jsonl")[-2]
+    bits = _reference_bits(pipe, reference_file)
+    assert bits.shape == (NUM_SAMPLES, 8 * 15)
+    direct = compute_vlb(
+        pipe.model, bits, batch_size=VLB_BATCH_SIZE, generator=torch.Generator().manual_seed(LIKELIHOOD_SEED),
+        show_progress=False,
+    )  # fmt: skip
+    assert model["vlb_bpd"] == direct.vlb_bpd and model["vlb_bpd_stderr"] == direct.vlb_bpd_stderr
+    assert model["bits_per_token"] == direct.bits_per_token_bound == 15 * direct.vlb_bpd
+    assert model["bits_per_token_stderr"] == direct.bits_per_token_bound_stderr
+    assert model["ppl_bound"] == direct.ppl_bound and model["nll_per_token"] == pytest.approx(
+        direct.bits_per_token_bound * 0.6931471805599453, rel=1e-12
+    )
+    other_seed = compute_vlb(pipe.model, bits, batch_size=VLB_BATCH_SIZE, generator=torch.Generator().manual_seed(0),
+                             show_progress=False)  # fmt: skip
+    assert other_seed.vlb_bpd != model["vlb_bpd"]  # the seed is used
+
+    loss = compute_heldout_loss(
+        pipe.model, bits, batch_size=VLB_BATCH_SIZE, sigmas=list(HELDOUT_SIGMAS),
+        generator=torch.Generator().manual_seed(LIKELIHOOD_SEED), show_progress=False,
+    )  # fmt: skip
+    assert (model["heldout_loss"], model["heldout_loss_stderr"]) == (loss.loss, loss.loss_stderr)
+
+
+@pytest.mark.parametrize("num_mc_samples", [1, 3])
+def test_a_share_of_the_bound_replays_the_draws_of_the_batches_before_it(pipe, reference_file, num_mc_samples):
+    """Shares of batches (as processes get them) give exactly the per-row values of one call on all rows."""
+    from bitstream_diffusion.evaluation import compute_vlb
+    from bitstream_diffusion.evaluation.protocol_likelihood import LikelihoodSettings, vlb_of_batches
+
+    bits = torch.cat([_reference_bits(pipe, reference_file)] * 2)[:7]  # 7 rows: batches of 2, 2, 2, 1
+    settings = LikelihoodSettings(vlb=True, batch_size=2, num_mc_samples=num_mc_samples, seed=11)
+    whole = compute_vlb(
+        pipe.model, bits, batch_size=2, num_mc_samples=num_mc_samples, generator=torch.Generator().manual_seed(11),
+        show_progress=False,
+    )  # fmt: skip
+    shares = [vlb_of_batches(pipe.model, bits, batches, settings) for batches in (range(0, 1), range(1, 4))]
+    for name, expected in (("vlb", whole.vlb_bpd_per_row), ("diff", whole.diff_bpd_per_row)):
+        assert torch.equal(torch.cat([share[name] for share in shares]), expected), name
+    unreplayed = compute_vlb(pipe.model, bits[2:], batch_size=2, num_mc_samples=num_mc_samples,
+                             generator=torch.Generator().manual_seed(11), show_progress=False)  # fmt: skip
+    assert not torch.equal(unreplayed.vlb_bpd_per_row, whole.vlb_bpd_per_row[2:])  # the replay is what makes it so
+    empty = vlb_of_batches(pipe.model, bits, range(4, 4), settings)
+    assert empty["vlb"].numel() == 0
+
+
+def test_mauve_is_the_library_mauve_of_the_samples_against_the_reference(first_run, evaluator_dir):
+    from bitstream_diffusion.evaluation import compute_mauve
+
+    output_dir, _ = first_run
+    row = _sample_rows(_read_jsonl(output_dir / "results.jsonl"))[2]
+    texts = [s["text"] for s in _read_jsonl(output_dir / "samples.jsonl") if (s["spec"], s["seed"]) == (row["spec"],
+             row["seed"])]  # fmt: skip
+    reference = [r["text"] for r in _read_jsonl(output_dir / "reference.jsonl")]
+    direct = compute_mauve(texts, reference, featurize_model_id=evaluator_dir, max_text_length=8, device="cpu")
+    assert row["mauve"] == pytest.approx(direct.mauve, rel=1e-9)
+    assert row["mauve_featurizer"] == str(evaluator_dir)
+
+
+def test_max_batch_size_chunks_the_pipeline_calls_without_changing_a_sample(
+    first_run, pipeline_dir, evaluator_dir, tmp_path, monkeypatch
+):
+    from bitstream_diffusion import BitstreamDiffusionPipeline
+
+    output_dir, _ = first_run
+    chunks = []
+    original = BitstreamDiffusionPipeline.__call__
+
+    def recording(pipe, *args, **kwargs):
+        chunks.append(kwargs.get("max_batch_size"))
+        return original(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(BitstreamDiffusionPipeline, "__call__", recording)
+    argv = _argv(pipeline_dir, tmp_path, evaluator_dir, specs=SPECS[1:], seeds=(1,), batch_size=4)
+    assert main([*argv, "--max-batch-size", "1"]) == 0
+    assert chunks == [1]  # one cached batch of 4 samples, run one sample at a time
+    expected = [s["text"] for s in _read_jsonl(output_dir / "samples.jsonl") if (s["spec"], s["seed"]) == (SPECS[1], 1)]
+    assert [s["text"] for s in _read_jsonl(tmp_path / "samples.jsonl")] == expected
+    with pytest.raises(SystemExit):
+        main([*argv, "--max-batch-size", "0"])
+
+
+def test_model_metrics_need_a_reference(pipeline_dir, evaluator_dir, tmp_path, capsys):
+    for flag in ("--vlb", "--heldout-loss", "--mauve"):
+        assert main([*_argv(pipeline_dir, tmp_path / "out", evaluator_dir), flag]) == 2
+        assert f"{flag} measure(s) the model against the held-out reference rows" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "cache").exists()  # refused before anything was generated
+
+
+
+@pytest.mark.slow
+def test_mauve_with_the_offline_smollm2_evaluator(first_run, pipeline_dir, reference_file, tmp_path):
+    """``--evaluator smollm2 --mauve``: the featuriser defaults to the evaluator (the offline SmolLM2-135M folder,
+    shared with the float32 GenPPL scorer) and MAUVE is the library's on the same texts."""
+    from bitstream_diffusion.evaluation import compute_mauve
+    from bitstream_diffusion.offline import prepare_gguf_evaluator
+
+    argv = _argv(pipeline_dir, tmp_path, "smollm2", reference_file, specs=SPECS[:1], seeds=(0,))
+    assert main([*argv, "--mauve"]) == 0
+    row = _read_jsonl(tmp_path / "results.jsonl")[0]
+    assert row["evaluator"] == row["mauve_featurizer"] == "smollm2" and 0 < row["mauve"] <= 1
+    texts = [s["text"] for s in _read_jsonl(tmp_path / "samples.jsonl")]
+    reference = [r["text"] for r in _read_jsonl(tmp_path / "reference.jsonl")]
+    featurizer = prepare_gguf_evaluator()
+    direct = compute_mauve(texts, reference, featurize_model_id=featurizer, max_text_length=8, device="cpu")
+    assert row["mauve"] == pytest.approx(direct.mauve, rel=1e-6)
+    assert "| MAUVE |" in (tmp_path / "summary.md").read_text()
 
 # ---------------------------------------------------------------------------------------------------- processes
 
@@ -460,7 +638,8 @@ def _free_port() -> int:
 def test_two_processes_give_the_same_samples_and_numbers(
     first_run, pipeline_dir, evaluator_dir, reference_file, tmp_path
 ):
-    """``accelerate launch`` with 2 CPU processes: batches dealt across processes, identical results.
+    """``accelerate launch`` with 2 CPU processes: batches, scoring jobs, MAUVE comparisons and likelihood batches
+    dealt across processes, identical results (the second process replays the bound's draws of the first batch).
 
     (``accelerate launch --cpu --num_processes 2`` starts a single process in accelerate 1.15; ``--multi_gpu`` with
     ``--device cpu`` starts two gloo processes on CPU.)
@@ -471,7 +650,7 @@ def test_two_processes_give_the_same_samples_and_numbers(
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()),
         "-m", "bitstream_diffusion.evaluation.run_protocol",
-        *_argv(pipeline_dir, tmp_path, evaluator_dir, reference_file),
+        *_argv(pipeline_dir, tmp_path, evaluator_dir, reference_file), *_metric_flags(evaluator_dir),
     ]  # fmt: skip
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
@@ -480,12 +659,16 @@ def test_two_processes_give_the_same_samples_and_numbers(
     assert (tmp_path / "samples.jsonl").read_text() == (output_dir / "samples.jsonl").read_text()
     assert (tmp_path / "reference.jsonl").read_text() == (output_dir / "reference.jsonl").read_text()
     one, two = _read_jsonl(output_dir / "results.jsonl"), _read_jsonl(tmp_path / "results.jsonl")
+    numbers = ("row_type", "spec", "seed", "nfe", "gen_ppl", "gen_bits_per_token", "entropy", "num_scored_tokens",
+               "mauve", "num_parameters", *LIKELIHOOD_COLUMNS)  # fmt: skip
+    assert [r["row_type"] for r in two] == [r["row_type"] for r in one]
     for a, b in zip(one, two, strict=True):
-        assert b["num_processes"] == 2 and b["cached_batches"] == 0
-        for column in ("spec", "seed", "nfe", "gen_ppl", "gen_bits_per_token", "entropy", "num_scored_tokens"):
+        assert b["num_processes"] == 2 and b.get("cached_batches") in (0, None)
+        for column in numbers:
             assert a[column] == b[column], column
+    assert two[-2]["vlb_bpd"] is not None and two[-2]["heldout_loss"] is not None
     summary_one = json.loads((output_dir / "summary.json").read_text())["summary"]
     summary_two = json.loads((tmp_path / "summary.json").read_text())["summary"]
     for a, b in zip(summary_one, summary_two, strict=True):
-        for column in ("spec", "gen_ppl_mean", "gen_ppl_std", "entropy_mean", "entropy_std"):
+        for column in ("spec", "gen_ppl_mean", "gen_ppl_std", "entropy_mean", "entropy_std", "mauve_mean", "vlb_bpd"):
             assert a[column] == b[column], column

@@ -6,11 +6,16 @@ The samples of one run (a spec and a seed) are cut into batches with fixed bound
 process makes it and whatever else that process makes.
 
 Every finished batch is written atomically to ``<cache root>/<spec>/seed-<seed>/samples-<start>-<end>-<hash>.json``
-(:class:`SampleCache`). Its key holds what decides the samples: the pipeline folder's content hash
-(:func:`fingerprint_folder`: weights, configs, entropy table, tokenizer), the resolved spec, the seed, the sample
-range, the autocast dtype, the device type, the package version and :data:`CACHE_FORMAT`. A rerun reuses a batch
-whose key matches and regenerates the others; a changed file under the same pipeline folder path therefore never
-serves stale samples.
+(:class:`SampleCache`). Its key holds what decides the samples: the model folder's content hash
+(:func:`fingerprint_folder`: weights, configs, entropy table, tokenizer), the resolved spec (its ``cache_fields``:
+for CoBit the noise levels and the per-step gamma, for a causal LM the row length), the seed, the sample range, the
+autocast dtype, the device type, the package version and :data:`CACHE_FORMAT`. A rerun reuses a batch whose key
+matches and regenerates the others; a changed file under the same folder path therefore never serves stale samples.
+The chunk size of a pipeline call (``max_batch_size``) is not part of the key: with one generator per sample the
+samples do not depend on it.
+
+The model is a :class:`~bitstream_diffusion.evaluation.protocol_models.CoBitProtocolModel` (the pipeline, called by
+:func:`generate_batch`) or a :class:`~bitstream_diffusion.evaluation.protocol_models.CausalLMProtocolModel`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..utils.atomic_io import write_text_atomic
-from .sampler_specs import ResolvedSpec, sample_generators
+from .sampler_specs import ResolvedARSpec, ResolvedSpec, sample_generators
 from .scoring import per_sample_entropies
 
 if TYPE_CHECKING:
@@ -180,15 +185,13 @@ class SampleCache:
     autocast_dtype: str
     device_type: str
 
-    def key(self, spec: ResolvedSpec, batch: GenerationBatch) -> dict[str, Any]:
+    def key(self, spec: ResolvedSpec | ResolvedARSpec, batch: GenerationBatch) -> dict[str, Any]:
         """Everything that decides the batch's samples."""
         return {
             "cache_format": CACHE_FORMAT,
             "package_version": __version__,
             "pipeline_fingerprint": self.pipeline_fingerprint,
-            "spec_key": spec.key,
-            "num_inference_steps": spec.num_inference_steps,
-            "gamma_per_step": spec.gamma_per_step,
+            **spec.cache_fields(),
             "seed": batch.seed,
             "start": batch.start,
             "end": batch.end,
@@ -196,12 +199,12 @@ class SampleCache:
             "device_type": self.device_type,
         }
 
-    def path(self, spec: ResolvedSpec, batch: GenerationBatch, key: dict[str, Any]) -> Path:
+    def path(self, spec: ResolvedSpec | ResolvedARSpec, batch: GenerationBatch, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
         name = f"samples-{batch.start:07d}-{batch.end:07d}-{digest}.json"
         return self.root / _slug(spec.label) / f"seed-{batch.seed}" / name
 
-    def load(self, spec: ResolvedSpec, batch: GenerationBatch) -> dict[str, Any] | None:
+    def load(self, spec: ResolvedSpec | ResolvedARSpec, batch: GenerationBatch) -> dict[str, Any] | None:
         """The cached record of ``batch``, or ``None`` when it is missing, unreadable or made under another key."""
         key = self.key(spec, batch)
         path = self.path(spec, batch, key)
@@ -216,7 +219,9 @@ class SampleCache:
             return None
         return record
 
-    def save(self, spec: ResolvedSpec, batch: GenerationBatch, record: dict[str, Any]) -> dict[str, Any]:
+    def save(
+        self, spec: ResolvedSpec | ResolvedARSpec, batch: GenerationBatch, record: dict[str, Any]
+    ) -> dict[str, Any]:
         """Write ``record`` (with its key added) atomically; returns the record as written."""
         key = self.key(spec, batch)
         record = {"key": key, **record}
@@ -227,8 +232,19 @@ class SampleCache:
 # ---------------------------------------------------------------------------------------------------- generating
 
 
-def generate_batch(pipe, spec: ResolvedSpec, batch: GenerationBatch, autocast_dtype: torch.dtype | None) -> dict:
-    """Call the pipeline once for ``batch`` (its scheduler must already be the spec's); returns the cache record."""
+def generate_batch(
+    pipe,
+    spec: ResolvedSpec,
+    batch: GenerationBatch,
+    autocast_dtype: torch.dtype | None,
+    *,
+    max_batch_size: int | str | None = None,
+) -> dict:
+    """Call the pipeline once for ``batch`` (its scheduler must already be the spec's); returns the cache record.
+
+    ``max_batch_size`` (an int or ``"auto"``) makes the pipeline run the batch in chunks; each sample has its own
+    generator, so the samples are those of one call on the whole batch.
+    """
     generators = sample_generators(batch.seed, spec.key, range(batch.start, batch.end))
     began = time.perf_counter()
     out = pipe(
@@ -238,6 +254,7 @@ def generate_batch(pipe, spec: ResolvedSpec, batch: GenerationBatch, autocast_dt
         generator=generators,
         output_type="text",
         autocast_dtype=autocast_dtype,
+        max_batch_size=max_batch_size,
     )
     wall = time.perf_counter() - began
     return {
@@ -250,48 +267,43 @@ def generate_batch(pipe, spec: ResolvedSpec, batch: GenerationBatch, autocast_dt
 
 
 def generate_batches(
-    pipe,
-    specs: Sequence[ResolvedSpec],
-    schedulers: Sequence[Any],
+    model,
+    specs: Sequence[ResolvedSpec | ResolvedARSpec],
     batches: Sequence[GenerationBatch],
     cache: SampleCache,
     *,
+    max_batch_size: int | str | None = None,
     show_progress: bool = True,
 ) -> list[BatchResult]:
     """Make or load every batch of ``batches``, in order.
 
     Args:
-        pipe: the pipeline, on its device; its scheduler is swapped per batch and restored at the end.
-        specs: the resolved specs, indexed by ``GenerationBatch.spec_index``.
-        schedulers: one configured scheduler per spec (the same indexing).
+        model: the protocol model (``CoBitProtocolModel`` or ``CausalLMProtocolModel``), on its device.
+        specs: its resolved specs, indexed by ``GenerationBatch.spec_index``.
         batches: this process's batches (:func:`plan_batches`, split between processes).
         cache: where batches are looked up and written.
+        max_batch_size: the most samples one model call runs (an int, ``"auto"`` or ``None`` for the whole batch).
         show_progress: show a progress bar (transformers' ``tqdm``, off with ``HF_HUB_DISABLE_PROGRESS_BARS=1``).
     """
     from transformers.utils.logging import tqdm
 
     autocast = autocast_dtype_from_name(cache.autocast_dtype)
-    base_scheduler = pipe.scheduler
     results: list[BatchResult] = []
-    try:
-        for batch in tqdm(batches, desc="generate", unit="batch", disable=not show_progress):
-            spec = specs[batch.spec_index]
-            record = cache.load(spec, batch)
-            cached = record is not None
-            if record is None:
-                pipe.scheduler = schedulers[batch.spec_index]
-                record = generate_batch(pipe, spec, batch, autocast)
-                record = cache.save(spec, batch, {**record, "device": str(pipe.device)})
-            results.append(
-                BatchResult(
-                    batch=batch,
-                    texts=record["texts"],
-                    entropies=per_sample_entropies(pipe.codec, record["token_ids"]),
-                    nfe=record["nfe"],
-                    wall_time_s=record["wall_time_s"],
-                    cached=cached,
-                )
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not show_progress):
+        spec = specs[batch.spec_index]
+        record = cache.load(spec, batch)
+        cached = record is not None
+        if record is None:
+            record = model.generate(spec, batch, autocast, max_batch_size=max_batch_size)
+            record = cache.save(spec, batch, {**record, "device": str(model.device)})
+        results.append(
+            BatchResult(
+                batch=batch,
+                texts=record["texts"],
+                entropies=per_sample_entropies(model.text_rules, record["token_ids"]),
+                nfe=record["nfe"],
+                wall_time_s=record["wall_time_s"],
+                cached=cached,
             )
-    finally:
-        pipe.scheduler = base_scheduler
+        )
     return results

@@ -7,12 +7,17 @@ first ``num_rows`` rows of a held-out text source, built as the training rows ar
 * OWT: documents joined with EOS into the flat GPT-2 stream, cut into ``[EOS] + ids + [EOS]`` windows, re-coded by
   the code tokenizer.
 
-Each row then goes to bits and back through the codec's decoding rules, so real and generated text are decoded the
-same way (``[PAD]``/``[SEP]`` kept for LM1B, the OWT stop and strip rules), and the token entropy counts the same
-ids. Every process count uses the same first rows (see ``docs/design.md#evaluation``).
+Each row is then decoded with the codec's decoding rules, exactly as a generated row (ids -> bits -> ids is the
+identity for every valid id), so real and generated text are decoded the same way (``[PAD]``/``[SEP]`` kept for
+LM1B, the OWT stop and strip rules), and the token entropy counts the same ids. Every process count uses the same
+first rows (see ``docs/design.md#evaluation``).
 
-:func:`reference_token_rows` is the only place that packs text into rows; :func:`build_reference` turns those rows
-into what the protocol scores.
+For an autoregressive model the "codec" is its text rules (:mod:`~bitstream_diffusion.evaluation.causal_lm_text`):
+the same packing and decoding in the model's own tokens; OWT rows are then the GPT-2 windows themselves, without the
+code tokenizer.
+
+:func:`reference_token_rows` is the only place that packs text into rows; :func:`build_reference_data` turns those
+rows into what the protocol scores and measures (the likelihood metrics use the rows themselves).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -30,8 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REFERENCE_PACKINGS",
+    "ReferenceData",
     "ReferenceRows",
     "build_reference",
+    "build_reference_data",
     "read_reference_texts",
     "reference_token_rows",
 ]
@@ -53,6 +61,22 @@ class ReferenceRows(NamedTuple):
 
     texts: list[str]
     entropy_ids: list[list[int]]
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """The reference rows and what is scored of them.
+
+    Attributes:
+        texts: one decoded text per row (decoded exactly like a generated sample).
+        entropy_ids: per row, the ids the token entropy counts.
+        token_ids: ``int64`` ``[n, num_tokens]``: the rows in the model's tokens (CoBit: the codec's ids, whose bits
+            the variational bound measures; a causal LM: its tokenizer's ids).
+    """
+
+    texts: list[str]
+    entropy_ids: list[list[int]]
+    token_ids: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -136,6 +160,14 @@ def reference_token_rows(texts: Iterable[str], codec, num_rows: int, packing: st
         from ..codecs.lm1b import pack_lm1b_lines
 
         return pack_lm1b_lines(texts, codec.tokenizer, seq_len=codec.num_tokens, max_rows=num_rows).rows
+    if codec.layout == "owt" and codec.code_tokenizer is None:  # a causal LM's GPT-2 windows (no code tokenizer)
+        from ..codecs.owt import pack_owt_windows
+
+        eos = codec.tokenizer.eos_token_id
+        return pack_owt_windows(
+            texts, codec.tokenizer, base_seq_len=codec.num_tokens, bos_token_id=eos, eos_token_id=eos,
+            max_windows=num_rows,
+        )  # fmt: skip
     if codec.layout == "owt":
         from ..codecs.owt import pack_owt_windows
 
@@ -152,8 +184,32 @@ def reference_token_rows(texts: Iterable[str], codec, num_rows: int, packing: st
     raise ValueError(f"packing='packed' needs the lm1b or owt codec layout, not {codec.layout!r}; use 'rows'.")
 
 
-def build_reference(pipe, texts: Iterable[str], num_rows: int, packing: str = "auto") -> ReferenceRows:
+def build_reference_data(codec, texts: Iterable[str], num_rows: int, packing: str = "auto") -> ReferenceData:
     """The first ``num_rows`` reference rows, decoded the way the generations are.
+
+    Args:
+        codec: a :class:`~bitstream_diffusion.TextBitCodec` (a pipeline's ``codec``) or a causal LM's text rules
+            (:func:`~bitstream_diffusion.evaluation.causal_lm_text.causal_lm_text_rules`).
+        texts: reference texts in order (:func:`read_reference_texts`).
+        num_rows: how many rows.
+        packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`REFERENCE_PACKINGS`, :func:`reference_token_rows`).
+
+    Returns:
+        :class:`ReferenceData`.
+
+    Raises:
+        ValueError: an unknown packing, or no rows at all (an empty file or split).
+    """
+    ids = reference_token_rows(texts, codec, num_rows, packing)
+    if ids.shape[0] == 0:
+        raise ValueError("The reference data gave no rows (empty file or split?).")
+    if ids.shape[0] < num_rows:
+        logger.warning(f"The reference data gave only {ids.shape[0]} of the {num_rows} rows asked for; using those.")
+    return ReferenceData(codec.decode_ids(ids), codec.ids_for_token_entropy(ids), ids)
+
+
+def build_reference(pipe, texts: Iterable[str], num_rows: int, packing: str = "auto") -> ReferenceRows:
+    """The first ``num_rows`` reference rows of a pipeline, decoded the way the generations are.
 
     Args:
         pipe: a :class:`~bitstream_diffusion.BitstreamDiffusionPipeline` (its codec is used).
@@ -162,16 +218,10 @@ def build_reference(pipe, texts: Iterable[str], num_rows: int, packing: str = "a
         packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`REFERENCE_PACKINGS`, :func:`reference_token_rows`).
 
     Returns:
-        :class:`ReferenceRows`: each row turned into bits and decoded with the codec's rules, and the ids the token
-        entropy counts.
+        :class:`ReferenceRows`: each row decoded with the codec's rules, and the ids the token entropy counts.
 
     Raises:
         ValueError: an unknown packing, or no rows at all (an empty file or split).
     """
-    codec = pipe.codec
-    bits = codec.ids_to_bits(reference_token_rows(texts, codec, num_rows, packing))
-    if bits.shape[0] == 0:
-        raise ValueError("The reference data gave no rows (empty file or split?).")
-    if bits.shape[0] < num_rows:
-        logger.warning(f"The reference data gave only {bits.shape[0]} of the {num_rows} rows asked for; using those.")
-    return ReferenceRows(codec.bits_to_text(bits), codec.ids_for_token_entropy(codec.bits_to_ids(bits)))
+    data = build_reference_data(pipe.codec, texts, num_rows, packing)
+    return ReferenceRows(data.texts, data.entropy_ids)

@@ -2,11 +2,20 @@
 
 Files written to ``OUTPUT_DIR`` (all atomically, all rewritten on every run):
 
-* ``results.jsonl`` / ``results.csv``: one row per spec x seed (:data:`RESULT_COLUMNS`);
-* ``summary.json`` / ``summary.csv`` / ``summary.md``: one row per spec with mean ± std (sample std, ``ddof=1``)
-  across seeds, and a ``reference`` row (:data:`SUMMARY_COLUMNS`);
-* ``genppl_vs_entropy.png``: the paper's frontier view, one point per spec with ±std error bars, the reference as
-  a star (:func:`plot_frontier`; needs matplotlib);
+* ``results.jsonl`` / ``results.csv`` (:data:`RESULT_COLUMNS`), rows told apart by ``row_type``:
+
+  - ``"samples"``: one per spec x seed: the samples' GenPPL, entropy and MAUVE, NFE, timing;
+  - ``"model"`` (with ``--vlb`` / ``--heldout-loss``): one row for the model itself, with the likelihood columns
+    (:data:`~bitstream_diffusion.evaluation.protocol_likelihood.LIKELIHOOD_COLUMNS`). Likelihood is a property of
+    the model, not of a sampler, so it is measured and written once, not per spec or seed;
+  - ``"reference"`` (with a reference): the real held-out rows' GenPPL and entropy (``model_kind = "reference"``);
+
+  every row carries ``model_kind`` (``"cobit"``, ``"ar"`` or ``"reference"``), ``num_parameters`` and
+  ``train_tokens`` of the model (empty for the reference);
+* ``summary.json`` / ``summary.csv``: one row per spec with mean ± std (sample std, ``ddof=1``) across seeds, then
+  the model row and the reference row (:data:`SUMMARY_COLUMNS`); ``summary.md``: the specs and the reference in one
+  table, the likelihood in a section of its own;
+* ``genppl_vs_entropy.png``: the paper's frontier view (:func:`~.plotting.plot_frontier`; needs matplotlib);
 * ``samples.jsonl`` (every generated text with its spec, seed, index and sample seed) and ``reference.jsonl``.
 
 Timing: ``wall_time_s`` is the sum of the batches' generation times as recorded when each batch was made (each on
@@ -28,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..utils.atomic_io import atomic_write, write_text_atomic
-from .sampler_specs import ResolvedSpec, sample_seed
+from ..utils.atomic_io import write_text_atomic
+from .plotting import plot_frontier
+from .protocol_likelihood import LIKELIHOOD_COLUMNS
+from .sampler_specs import SPEC_COLUMNS, ResolvedARSpec, ResolvedSpec, sample_seed
 
 if TYPE_CHECKING:
     from .generation import BatchResult
@@ -40,7 +51,9 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "RunSettings",
     "format_summary",
+    "model_row",
     "plot_frontier",
+    "reference_row",
     "result_row",
     "summarize",
     "write_outputs",
@@ -48,22 +61,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_MODEL_COLUMNS = ("num_parameters", "train_tokens")
+
 RESULT_COLUMNS: tuple[str, ...] = (
+    "row_type",
+    "model_kind",
     "spec",
     "seed",
-    "gamma",
-    "paper_nfe",
-    "num_inference_steps",
-    "gamma_per_step",
-    "solver",
-    "self_conditioning",
+    *SPEC_COLUMNS,
     "nfe",
     "num_samples",
     "gen_ppl",
     "gen_bits_per_token",
     "entropy",
+    "mauve",
     "num_scored_tokens",
     "num_skipped_texts",
+    *_MODEL_COLUMNS,
+    *LIKELIHOOD_COLUMNS,
     "wall_time_s",
     "samples_per_s",
     "num_batches",
@@ -74,23 +89,23 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "autocast_dtype",
     "evaluator",
     "evaluator_dtype",
+    "mauve_featurizer",
     "pipeline",
     "pipeline_fingerprint",
     "spec_key",
     "timestamp_utc",
 )
-"""Columns of ``results.jsonl`` / ``results.csv`` (one row per spec x seed). ``paper_nfe`` is the spec's nominal
-NFE (empty for ``steps=`` specs), ``num_inference_steps`` the noise levels, ``nfe`` the denoiser calls per sample
-actually made (from the pipeline output)."""
+"""Columns of ``results.jsonl`` / ``results.csv``. ``paper_nfe`` is a CoBit spec's nominal NFE (empty for ``steps=``
+specs), ``num_inference_steps`` its noise levels; ``temperature``/``top_p`` an AR spec's; ``nfe`` the model calls per
+sample actually made (CoBit: denoiser calls from the pipeline output; AR: forward passes, one per generated token).
+``mauve`` is empty without ``--mauve``; the likelihood columns are filled on the ``model`` row only. ``batch_size``
+is the samples per cached batch on ``samples`` rows and the rows per likelihood batch on the ``model`` row."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
+    "row_type",
+    "model_kind",
     "spec",
-    "gamma",
-    "paper_nfe",
-    "num_inference_steps",
-    "gamma_per_step",
-    "solver",
-    "self_conditioning",
+    *SPEC_COLUMNS,
     "nfe",
     "num_seeds",
     "num_samples",
@@ -98,16 +113,21 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "gen_ppl_std",
     "entropy_mean",
     "entropy_std",
+    "mauve_mean",
+    "mauve_std",
+    *_MODEL_COLUMNS,
+    *LIKELIHOOD_COLUMNS,
     "wall_time_s_mean",
     "samples_per_s_mean",
 )
 """Columns of ``summary.json`` / ``summary.csv``: one row per spec (mean and sample std across seeds; the std is
-empty with a single seed) and a last row ``spec="reference"`` for the real data."""
+empty with a single seed), then the ``model`` row (likelihood) and a last row ``spec="reference"`` for the real
+data."""
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The columns every result row of one protocol run shares (see :data:`RESULT_COLUMNS`)."""
+    """The columns every row of one protocol run shares (see :data:`RESULT_COLUMNS`)."""
 
     batch_size: int
     num_processes: int
@@ -118,39 +138,60 @@ class RunSettings:
     pipeline: str
     pipeline_fingerprint: str
     timestamp_utc: str
+    model_kind: str = "cobit"
+    num_parameters: int | None = None
+    train_tokens: int | None = None
+    mauve_featurizer: str | None = None
+
+    def shared_columns(self) -> dict[str, Any]:
+        return {
+            "num_processes": self.num_processes,
+            "device": self.device,
+            "autocast_dtype": self.autocast_dtype,
+            "evaluator": self.evaluator,
+            "evaluator_dtype": self.evaluator_dtype,
+            "mauve_featurizer": self.mauve_featurizer,
+            "pipeline": self.pipeline,
+            "pipeline_fingerprint": self.pipeline_fingerprint,
+            "timestamp_utc": self.timestamp_utc,
+        }
+
+    def model_columns(self) -> dict[str, Any]:
+        return {"model_kind": self.model_kind, "num_parameters": self.num_parameters, "train_tokens": self.train_tokens}
 
 
 # ---------------------------------------------------------------------------------------------------- rows
 
 
-def _spec_columns(spec: ResolvedSpec) -> dict[str, Any]:
-    return {
-        "gamma": spec.spec.gamma,
-        "paper_nfe": spec.spec.nfe,
-        "num_inference_steps": spec.num_inference_steps,
-        "gamma_per_step": spec.gamma_per_step,
-        "solver": spec.solver,
-        "self_conditioning": spec.self_conditioning,
-    }
+def _ordered(row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {column: row.get(column) for column in columns}
 
 
 def result_row(
-    spec: ResolvedSpec, seed: int, batches: Sequence[BatchResult], scores: TextScores, settings: RunSettings
+    spec: ResolvedSpec | ResolvedARSpec,
+    seed: int,
+    batches: Sequence[BatchResult],
+    scores: TextScores,
+    settings: RunSettings,
+    mauve: float | None = None,
 ) -> dict[str, Any]:
-    """The :data:`RESULT_COLUMNS` row of one run (``spec``, ``seed``) from its batches (in sample order) and scores."""
+    """The ``samples`` row of one run (``spec``, ``seed``) from its batches (in sample order), scores and MAUVE."""
     nfes = {b.nfe for b in batches}
     if len(nfes) != 1:
         raise RuntimeError(f"Batches of {spec.label} seed {seed} report different NFE {sorted(nfes)}.")
     wall = float(sum(b.wall_time_s for b in batches))
     row = {
+        "row_type": "samples",
+        **settings.model_columns(),
         "spec": spec.label,
         "seed": seed,
-        **_spec_columns(spec),
+        **spec.columns(),
         "nfe": nfes.pop(),
         "num_samples": scores.num_samples,
         "gen_ppl": scores.gen_ppl,
         "gen_bits_per_token": scores.gen_bits_per_token,
         "entropy": scores.entropy,
+        "mauve": mauve,
         "num_scored_tokens": scores.num_scored_tokens,
         "num_skipped_texts": scores.num_skipped_texts,
         "wall_time_s": wall,
@@ -158,85 +199,170 @@ def result_row(
         "num_batches": len(batches),
         "cached_batches": sum(b.cached for b in batches),
         "batch_size": settings.batch_size,
-        "num_processes": settings.num_processes,
-        "device": settings.device,
-        "autocast_dtype": settings.autocast_dtype,
-        "evaluator": settings.evaluator,
-        "evaluator_dtype": settings.evaluator_dtype,
-        "pipeline": settings.pipeline,
-        "pipeline_fingerprint": settings.pipeline_fingerprint,
+        **settings.shared_columns(),
         "spec_key": spec.key,
-        "timestamp_utc": settings.timestamp_utc,
     }
-    return {column: row[column] for column in RESULT_COLUMNS}
+    return _ordered(row, RESULT_COLUMNS)
 
 
-def _mean_std(values: Iterable[float]) -> tuple[float, float | None]:
-    values = [float(v) for v in values]
+def model_row(likelihood: Mapping[str, Any], settings: RunSettings, batch_size: int | None = None) -> dict[str, Any]:
+    """The ``model`` row: the likelihood columns of the model (no spec, no seed; ``batch_size``: rows per batch)."""
+    row = {"row_type": "model", **settings.model_columns(), **likelihood, "batch_size": batch_size}
+    return _ordered({**row, **settings.shared_columns()}, RESULT_COLUMNS)
+
+
+def reference_row(scores: TextScores, settings: RunSettings) -> dict[str, Any]:
+    """The ``reference`` row: GenPPL and entropy of the real held-out rows."""
+    row = {
+        "row_type": "reference",
+        "model_kind": "reference",
+        "spec": "reference",
+        "num_samples": scores.num_samples,
+        "gen_ppl": scores.gen_ppl,
+        "gen_bits_per_token": scores.gen_bits_per_token,
+        "entropy": scores.entropy,
+        "num_scored_tokens": scores.num_scored_tokens,
+        "num_skipped_texts": scores.num_skipped_texts,
+        **settings.shared_columns(),
+    }
+    return _ordered(row, RESULT_COLUMNS)
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarize(
-    specs: Sequence[ResolvedSpec], rows: Sequence[Mapping[str, Any]], reference: TextScores | None
+    specs: Sequence[ResolvedSpec | ResolvedARSpec],
+    rows: Sequence[Mapping[str, Any]],
+    reference: TextScores | None = None,
 ) -> list[dict[str, Any]]:
-    """One :data:`SUMMARY_COLUMNS` row per spec (mean and sample std across its seeds), then the reference's row."""
+    """One :data:`SUMMARY_COLUMNS` row per spec (mean and sample std across its seeds), then the ``model`` row of
+    ``rows`` (if any) and the reference's row (from ``reference``, or from the ``reference`` row of ``rows``)."""
     summary = []
+    samples = [r for r in rows if r.get("row_type", "samples") == "samples"]
     for spec in specs:
-        spec_rows = [r for r in rows if r["spec"] == spec.label]
+        spec_rows = [r for r in samples if r["spec"] == spec.label]
         gen_ppl_mean, gen_ppl_std = _mean_std(r["gen_ppl"] for r in spec_rows)
         entropy_mean, entropy_std = _mean_std(r["entropy"] for r in spec_rows)
-        summary.append(
-            {
-                "spec": spec.label,
-                **_spec_columns(spec),
-                "nfe": spec_rows[0]["nfe"],
-                "num_seeds": len(spec_rows),
-                "num_samples": spec_rows[0]["num_samples"],
-                "gen_ppl_mean": gen_ppl_mean,
-                "gen_ppl_std": gen_ppl_std,
-                "entropy_mean": entropy_mean,
-                "entropy_std": entropy_std,
-                "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in spec_rows),
-                "samples_per_s_mean": statistics.fmean(r["samples_per_s"] for r in spec_rows),
-            }
-        )
-    if reference is not None:
-        row = dict.fromkeys(SUMMARY_COLUMNS)
-        row.update(
-            spec="reference",
-            num_samples=reference.num_samples,
-            gen_ppl_mean=reference.gen_ppl,
-            entropy_mean=reference.entropy,
-        )
-        summary.append(row)
+        mauve_mean, mauve_std = _mean_std(r.get("mauve") for r in spec_rows)
+        entry = {
+            "row_type": "samples",
+            **{column: spec_rows[0].get(column) for column in ("model_kind", *_MODEL_COLUMNS)},
+            "spec": spec.label,
+            **spec.columns(),
+            "nfe": spec_rows[0]["nfe"],
+            "num_seeds": len(spec_rows),
+            "num_samples": spec_rows[0]["num_samples"],
+            "gen_ppl_mean": gen_ppl_mean,
+            "gen_ppl_std": gen_ppl_std,
+            "entropy_mean": entropy_mean,
+            "entropy_std": entropy_std,
+            "mauve_mean": mauve_mean,
+            "mauve_std": mauve_std,
+            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in spec_rows),
+            "samples_per_s_mean": statistics.fmean(r["samples_per_s"] for r in spec_rows),
+        }
+        summary.append(_ordered(entry, SUMMARY_COLUMNS))
+    summary.extend(_ordered(r, SUMMARY_COLUMNS) for r in rows if r.get("row_type") == "model")
+    reference_rows = [r for r in rows if r.get("row_type") == "reference"]
+    if reference is not None or reference_rows:
+        source = reference_rows[0] if reference is None else {
+            "num_samples": reference.num_samples, "gen_ppl": reference.gen_ppl, "entropy": reference.entropy
+        }  # fmt: skip
+        entry = {
+            "row_type": "reference",
+            "model_kind": "reference",
+            "spec": "reference",
+            "num_samples": source["num_samples"],
+            "gen_ppl_mean": source["gen_ppl"],
+            "entropy_mean": source["entropy"],
+        }
+        summary.append(_ordered(entry, SUMMARY_COLUMNS))
     return summary
 
 
-def _fmt(value: float | None, std: float | None = None) -> str:
+# ---------------------------------------------------------------------------------------------------- Markdown
+
+
+def _fmt(value: float | None, std: float | None = None, digits: int = 2) -> str:
     if value is None:
         return ""
-    text = f"{value:.2f}" if math.isfinite(value) else str(value)
-    return text if std is None else f"{text} ± {std:.2f}"
+    text = f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return text if std is None or not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
+def _samples_table(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    with_mauve = any(row.get("mauve_mean") is not None for row in summary)
+    header = "| spec | model | params | train tokens | noise levels | NFE | seeds | samples | GenPPL | entropy |"
+    header += " MAUVE |" if with_mauve else ""
+    rule = "|---|---|" + "---:|" * (9 + with_mauve)
+    lines = [header + " samples/s |", rule]
+    for row in summary:
+        if row.get("row_type") == "model":
+            continue
+        cells = [
+            row["spec"],
+            row.get("model_kind") or "",
+            _count(row.get("num_parameters")),
+            _count(row.get("train_tokens")),
+            _count(row.get("num_inference_steps")),
+            _count(row.get("nfe")),
+            _count(row.get("num_seeds")),
+            _count(row.get("num_samples")),
+            _fmt(row["gen_ppl_mean"], row["gen_ppl_std"]),
+            _fmt(row["entropy_mean"], row["entropy_std"]),
+        ]
+        if with_mauve:
+            cells.append(_fmt(row.get("mauve_mean"), row.get("mauve_std"), digits=3))
+        cells.append(_fmt(row["samples_per_s_mean"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _likelihood_section(row: Mapping[str, Any]) -> list[str]:
+    exact = row.get("likelihood") == "exact"
+    estimate = {"bound": f"bound (K={row.get('vlb_num_mc_samples')})", "exact": "exact"}.get(row.get("likelihood"), "")
+    ppl = "perplexity (exact)" if exact else "perplexity bound"
+    return [
+        "",
+        f"## Likelihood of the held-out reference rows ({_count(row.get('likelihood_rows'))} rows)",
+        "",
+        "Measured once for the model (not per sampler spec). CoBit: the variational bound, an upper bound on the "
+        "negative log-likelihood; a causal LM: its exact negative log-likelihood. Per token of the model's rows.",
+        "",
+        f"| model | params | train tokens | estimate | bits per bit | bits per token | {ppl} | held-out loss |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| "
+        + " | ".join(
+            [
+                row.get("model_kind") or "",
+                _count(row.get("num_parameters")),
+                _count(row.get("train_tokens")),
+                estimate,
+                _fmt(row.get("vlb_bpd"), row.get("vlb_bpd_stderr"), digits=4),
+                _fmt(row.get("bits_per_token"), row.get("bits_per_token_stderr"), digits=3),
+                _fmt(row.get("ppl_bound")),
+                _fmt(row.get("heldout_loss"), row.get("heldout_loss_stderr"), digits=4),
+            ]
+        )
+        + " |",
+    ]
 
 
 def format_summary(summary: Sequence[Mapping[str, Any]]) -> str:
-    """The summary as a Markdown table (also written to ``summary.md``)."""
-    lines = [
-        "| spec | noise levels | NFE | seeds | samples | GenPPL | entropy | samples/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The summary as Markdown (also written to ``summary.md``): the specs and the reference, then the likelihood."""
+    lines = _samples_table(summary)
     for row in summary:
-        cells = [
-            row["spec"],
-            "" if row["num_inference_steps"] is None else str(row["num_inference_steps"]),
-            "" if row["nfe"] is None else str(row["nfe"]),
-            "" if row["num_seeds"] is None else str(row["num_seeds"]),
-            str(row["num_samples"]),
-            _fmt(row["gen_ppl_mean"], row["gen_ppl_std"]),
-            _fmt(row["entropy_mean"], row["entropy_std"]),
-            _fmt(row["samples_per_s_mean"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        if row.get("row_type") == "model":
+            lines += _likelihood_section(row)
     return "\n".join(lines)
 
 
@@ -261,7 +387,7 @@ def write_outputs(
     rows: Sequence[Mapping[str, Any]],
     summary: Sequence[Mapping[str, Any]],
     *,
-    specs: Sequence[ResolvedSpec],
+    specs: Sequence[ResolvedSpec | ResolvedARSpec],
     seeds: Sequence[int],
     samples: Mapping[tuple[str, int], Sequence[str]],
     reference_texts: Sequence[str] | None = None,
@@ -271,7 +397,7 @@ def write_outputs(
 
     Args:
         output_dir: the output folder.
-        rows: :func:`result_row` rows.
+        rows: :func:`result_row`, :func:`model_row` and :func:`reference_row` rows.
         summary: :func:`summarize` rows.
         specs, seeds: the runs, in the order ``samples.jsonl`` lists them.
         samples: ``{(spec label, seed): texts in index order}``.
@@ -279,7 +405,7 @@ def write_outputs(
         plot: write ``genppl_vs_entropy.png`` (skipped with a warning when matplotlib is missing).
     """
     output_dir = Path(output_dir)
-    write_text_atomic(output_dir / "results.jsonl", _jsonl_text({k: r[k] for k in RESULT_COLUMNS} for r in rows))
+    write_text_atomic(output_dir / "results.jsonl", _jsonl_text(_ordered(r, RESULT_COLUMNS) for r in rows))
     write_text_atomic(output_dir / "results.csv", _csv_text(rows, RESULT_COLUMNS))
     summary_json = json.dumps({"summary": list(summary), "columns": SUMMARY_COLUMNS}, indent=2)
     write_text_atomic(output_dir / "summary.json", summary_json + "\n")
@@ -306,48 +432,3 @@ def write_outputs(
             plot_frontier(summary, output_dir / "genppl_vs_entropy.png")
         except ImportError:
             logger.warning("matplotlib is not installed; no plot (pip install 'bitstream-diffusion[eval]').")
-
-
-def plot_frontier(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """GenPPL against entropy, one point per spec (±std error bars), the reference as a star (Agg, no display).
-
-    Written atomically as PNG; returns ``path``. Raises ``ImportError`` without matplotlib.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 4.8))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for row in summary:
-        if row["spec"] == "reference":
-            axes.plot(
-                row["entropy_mean"],
-                row["gen_ppl_mean"],
-                marker="*",
-                markersize=14,
-                linestyle="none",
-                color="black",
-                label=f"reference (n={row['num_samples']})",
-            )
-            continue
-        axes.errorbar(
-            row["entropy_mean"],
-            row["gen_ppl_mean"],
-            xerr=row["entropy_std"] or 0.0,
-            yerr=row["gen_ppl_std"] or 0.0,
-            marker="o",
-            capsize=3,
-            linestyle="none",
-            label=f"{row['spec']} ({row['nfe']} NFE)",
-        )
-    axes.set_xlabel("token entropy (nats, mean over samples)")
-    axes.set_ylabel("GenPPL")
-    axes.set_title("GenPPL vs entropy (mean ± std across seeds)")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as file:
-        figure.savefig(file, format="png", dpi=120)
-    return path

@@ -1,32 +1,44 @@
-"""The paper's evaluation protocol: sampler specs x seeds -> GenPPL and token entropy, mean ± std across seeds.
+"""The paper's evaluation protocol, for CoBit pipelines and causal LMs: samples x seeds -> GenPPL, token entropy and
+MAUVE (mean ± std across seeds), and the model's likelihood of the held-out reference rows.
 
     python -m bitstream_diffusion.evaluation.run_protocol --pipeline cobit-s-lm1b \\
         --spec gamma=0.185,nfe=256 --spec gamma=0.2,nfe=256 --num-samples 1024 --seeds 0 1 2 3 4 5 6 7 8 9 \\
-        --evaluator openai-community/gpt2-large --reference-dataset lm1b --output-dir eval-cobit-s-lm1b
+        --evaluator openai-community/gpt2-large --reference-dataset lm1b --output-dir eval-cobit-s-lm1b \\
+        --vlb --heldout-loss --mauve
+
+    # an autoregressive baseline (a causal-LM folder) under the same rules
+    python -m bitstream_diffusion.evaluation.run_protocol --pipeline ar-lm1b --spec temperature=1 \\
+        --spec temperature=0.9 --num-samples 1024 --reference-dataset lm1b --output-dir eval-ar-lm1b --vlb --mauve
 
     # the same on 8 GPUs (work split across processes and gathered; identical samples and numbers)
     accelerate launch --multi_gpu --num_processes 8 -m bitstream_diffusion.evaluation.run_protocol ...
 
-For every spec (``gamma=G,nfe=N`` in the paper's notation or ``gamma=G,steps=K``, see
-:mod:`~bitstream_diffusion.evaluation.sampler_specs`) and every seed, ``--num-samples`` texts are generated, decoded
-with the pipeline's codec and scored. The steps, one module each:
+``--pipeline`` is a CoBit pipeline folder (``model_index.json``) or a causal-LM folder (``config.json`` of an
+``AutoModelForCausalLM`` with its tokenizer), told apart by their files (:mod:`~.protocol_models`). For every spec
+(CoBit: ``gamma=G,nfe=N`` or ``gamma=G,steps=K``; causal LM: ``temperature=T[,top_p=P]``, by default
+``temperature=1``; see :mod:`~.sampler_specs`) and every seed, ``--num-samples`` texts are generated, decoded and
+scored. A causal LM generates rows of the reference rows' length in its own tokens from one start token (BOS, else
+CLS, else EOS) and they are decoded under the rules of the CoBit codec of the same data
+(:mod:`~.causal_lm_text`). The steps, one module each:
 
-1. :mod:`~bitstream_diffusion.evaluation.generation`: fixed batches, each sample seeded by (seed, spec, index),
-   cached under ``OUTPUT_DIR/cache`` so that a rerun only makes what is missing;
-2. :mod:`~bitstream_diffusion.evaluation.reference`: the first ``--num-samples`` rows of ``--reference-texts FILE``
-   or ``--reference-dataset NAME --reference-split test``, packed like the training rows and decoded like the
-   generations (``--reference-packing``);
-3. :mod:`~bitstream_diffusion.evaluation.scoring`: GenPPL under ``--evaluator`` (the paper's
-   ``openai-community/gpt2-large`` by default; a local folder, or ``smollm2`` / a ``.gguf`` file offline) and the
-   token entropy, for each spec x seed and for the reference;
-4. :mod:`~bitstream_diffusion.evaluation.reporting`: ``results.jsonl``/``.csv`` (:data:`RESULT_COLUMNS`),
-   ``summary.json``/``.csv``/``.md`` (:data:`SUMMARY_COLUMNS`), ``samples.jsonl``, ``reference.jsonl`` and the
-   ``genppl_vs_entropy.png`` plot.
+1. :mod:`~.generation`: fixed batches, each sample seeded by (seed, spec, index), cached under
+   ``OUTPUT_DIR/cache`` so that a rerun only makes what is missing; ``--max-batch-size`` splits a model call into
+   chunks that fit in memory without changing a sample;
+2. :mod:`~.reference`: the first ``--num-samples`` rows of ``--reference-texts FILE`` or ``--reference-dataset NAME
+   --reference-split test``, packed like the training rows and decoded like the generations;
+3. :mod:`~.scoring`: GenPPL under ``--evaluator`` (the paper's ``openai-community/gpt2-large`` by default; a local
+   folder, or ``smollm2`` / a ``.gguf`` file offline), the token entropy, and with ``--mauve`` MAUVE against the
+   reference texts, for each spec x seed and for the reference;
+4. :mod:`~.protocol_likelihood` (``--vlb``, ``--heldout-loss``): the bound on (CoBit) or the exact value of (causal
+   LM) the NLL of the reference rows, and CoBit's held-out training loss: one ``model`` row;
+5. :mod:`~.reporting`: ``results.jsonl``/``.csv`` (:data:`RESULT_COLUMNS`), ``summary.json``/``.csv``/``.md``
+   (:data:`SUMMARY_COLUMNS`), ``samples.jsonl``, ``reference.jsonl`` and the ``genppl_vs_entropy.png`` plot.
 
-Several processes: the batches, then the scoring jobs (the reference and one per spec x seed), are split between
-the processes in contiguous shares (accelerate's ``PartialState.split_between_processes``) and the results gathered.
-A sample depends only on its seed, spec and index, and each scoring job is scored whole by one process, so one
-process and many give identical samples and numbers.
+Several processes: the batches, the scoring jobs (the reference and one per spec x seed), the MAUVE comparisons and
+the likelihood batches are split between the processes in contiguous shares (accelerate's
+``PartialState.split_between_processes``) and the results gathered. A sample depends only on its seed, spec and
+index, each scoring job is scored whole by one process, and the likelihood's random draws are replayed to the start
+of each share, so one process and many give identical samples and numbers.
 
 Launching several CPU processes: ``accelerate launch --cpu --num_processes 2`` starts a *single* process in
 accelerate 1.15 (its simple launcher ignores ``--num_processes`` without MPI); use
@@ -38,7 +50,6 @@ This module imports torch, transformers and diffusers only once the protocol run
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -58,19 +69,31 @@ from .generation import (
     plan_batches,
     utc_timestamp,
 )
-from .reference import REFERENCE_PACKINGS, ReferenceRows, build_reference, read_reference_texts
+from .protocol_cli import build_parser, protocol_kwargs
+from .protocol_likelihood import DEFAULT_HELDOUT_SIGMAS, LikelihoodSettings, model_likelihood
+from .reference import REFERENCE_PACKINGS, ReferenceData, build_reference, build_reference_data, read_reference_texts
 from .reporting import (
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
     RunSettings,
     format_summary,
+    model_row,
     plot_frontier,
+    reference_row,
     result_row,
     summarize,
     write_outputs,
 )
-from .sampler_specs import ResolvedSpec, SamplerSpec
-from .scoring import REFERENCE_JOB, generated_job, reference_job, resolve_evaluator, score_jobs
+from .sampler_specs import ARSamplerSpec, SamplerSpec, parse_spec
+from .scoring import (
+    REFERENCE_JOB,
+    MauveSettings,
+    generated_job,
+    mauve_of_runs,
+    reference_job,
+    resolve_evaluator,
+    score_jobs,
+)
 
 __all__ = [
     "CACHE_FORMAT",
@@ -89,7 +112,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PAPER_EVALUATOR = "openai-community/gpt2-large"  # gen_ppl.DEFAULT_EVALUATOR, named here for --help without torch
 _REFERENCE_NUMBERS = ("gen_ppl", "gen_bits_per_token", "entropy", "num_samples", "num_scored_tokens")
 
 
@@ -98,13 +120,16 @@ class ProtocolResult:
     """What :func:`run_protocol` computed (the same on every process).
 
     Attributes:
-        rows: one dict per spec x seed (:data:`RESULT_COLUMNS`).
-        summary: one dict per spec plus the reference row (:data:`SUMMARY_COLUMNS`).
+        rows: the ``results.jsonl`` rows (:data:`RESULT_COLUMNS`): one ``samples`` row per spec x seed, then the
+            ``model`` row (with ``--vlb``/``--heldout-loss``) and the ``reference`` row (with a reference).
+        summary: one dict per spec, then the model and reference rows (:data:`SUMMARY_COLUMNS`).
         reference: the reference's numbers (``gen_ppl``, ``entropy``, ``num_samples``, ...), or ``None``.
         generated_batches: batches generated by this run (all processes).
         cached_batches: batches read from the cache by this run (all processes).
         output_dir: where the files are.
         samples: ``{(spec label, seed): texts in index order}``.
+        model_kind: ``"cobit"`` or ``"ar"``.
+        likelihood: the likelihood columns of the model row, or ``None``.
     """
 
     rows: list[dict[str, Any]]
@@ -114,31 +139,67 @@ class ProtocolResult:
     cached_batches: int
     output_dir: Path
     samples: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False)
+    model_kind: str = "cobit"
+    likelihood: dict[str, Any] | None = None
 
 
-# ---------------------------------------------------------------------------------------------------- steps
+# ---------------------------------------------------------------------------------------------------- checks
 
 
-def _check_arguments(
-    specs, seeds, *, num_samples, batch_size, evaluator_batch_size, autocast_dtype, reference_sources, reference_packing
-) -> tuple[list[SamplerSpec], list[int], str]:
+def _check_arguments(specs, seeds, *, counts, autocast_dtype, reference_sources, reference_packing, needs_reference):
     """Fail on bad arguments before anything is loaded; returns the parsed specs, the seeds and the autocast name."""
-    parsed = [s if isinstance(s, SamplerSpec) else SamplerSpec.parse(s) for s in specs]
-    if not parsed:
-        raise ValueError("Give at least one sampler spec, e.g. --spec gamma=0.2,nfe=256.")
+    parsed = [s if isinstance(s, (SamplerSpec, ARSamplerSpec)) else parse_spec(s) for s in specs]
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"`seeds` must be a non-empty list of distinct integers, got {seeds}.")
-    if int(num_samples) < 1 or int(batch_size) < 1 or int(evaluator_batch_size) < 1:
-        raise ValueError("`num_samples`, `batch_size` and `evaluator_batch_size` must be positive integers.")
+    bad = [name for name, value in counts.items() if int(value) < 1]
+    if bad:
+        raise ValueError(f"{', '.join(f'`{name}`' for name in bad)} must be positive integers.")
     autocast_name = "none" if autocast_dtype is None else str(autocast_dtype).lower()
     if autocast_name not in AUTOCAST_DTYPES:
         raise ValueError(f"`autocast_dtype` must be one of {list(AUTOCAST_DTYPES)}, got {autocast_dtype!r}.")
-    if sum(source is not None for source in reference_sources) > 1:
+    have_reference = sum(source is not None for source in reference_sources)
+    if have_reference > 1:
         raise ValueError("Pass either --reference-texts or --reference-dataset, not both.")
+    if needs_reference and not have_reference:
+        raise ValueError(
+            f"{', '.join(needs_reference)} measure(s) the model against the held-out reference rows; pass "
+            f"--reference-texts FILE or --reference-dataset NAME."
+        )
     if reference_packing not in REFERENCE_PACKINGS:
         raise ValueError(f"`reference_packing` must be one of {list(REFERENCE_PACKINGS)}, got {reference_packing!r}.")
     return parsed, seeds, autocast_name
+
+
+def _resolve_specs(model, parsed: list) -> list:
+    if not parsed:
+        if model.kind != "ar":
+            raise ValueError("Give at least one sampler spec, e.g. --spec gamma=0.2,nfe=256.")
+        parsed = [ARSamplerSpec()]  # ancestral sampling
+    resolved = model.resolve_specs(parsed)
+    keys = [r.key for r in resolved]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"Some sampler specs name the same sampler: {keys}.")
+    return resolved
+
+
+def _log_plan(model, resolved, seeds, num_samples, num_processes) -> None:
+    logger.info(
+        f"Protocol: {len(resolved)} spec(s) x {len(seeds)} seed(s) x {num_samples} samples on {num_processes} "
+        f"process(es); {model.kind} model {model.folder} ({model.fingerprint[:12]}), {model.num_parameters:,} "
+        f"parameters, {model.num_tokens} tokens per row"
+    )
+    for spec in resolved:
+        if spec.model_kind == "cobit":
+            logger.info(
+                f"  {spec.label}: {spec.num_inference_steps} noise levels, per-step gamma {spec.gamma_per_step:.6g}, "
+                f"solver={spec.solver}, self_conditioning={spec.self_conditioning}, {spec.expected_nfe} NFE"
+            )
+        else:
+            logger.info(f"  {spec.label}: {spec.expected_nfe} forward passes per sample")
+
+
+# ---------------------------------------------------------------------------------------------------- steps
 
 
 def _share(state, items: Sequence[Any]) -> list[Any]:
@@ -147,85 +208,48 @@ def _share(state, items: Sequence[Any]) -> list[Any]:
         return list(share)
 
 
-def _resolve_pipeline_folder(pipeline: str | os.PathLike) -> Path:
-    local = Path(pipeline).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    from ..pipelines import BitstreamDiffusionPipeline
-
-    try:
-        return Path(BitstreamDiffusionPipeline.download(str(pipeline)))
-    except Exception as error:  # hub errors come in many types
-        raise FileNotFoundError(
-            f"The pipeline {str(pipeline)!r} is neither a local folder nor a downloadable hub repo ({error})."
-        ) from error
-
-
-def _load_pipeline(state, pipeline: str | os.PathLike, device) -> tuple[Any, Path, str]:
-    """The pipeline on ``device``, its folder and the folder's fingerprint (hashed once, on the main process)."""
-    from accelerate.utils import broadcast_object_list
-
-    from ..pipelines import BitstreamDiffusionPipeline
-
-    with state.main_process_first():  # a hub download happens once
-        folder = _resolve_pipeline_folder(pipeline)
-    pipe = BitstreamDiffusionPipeline.from_pretrained(folder).to(device)
-    pipe.set_progress_bar_config(disable=not state.is_local_main_process, leave=False, desc="denoising")
-    fingerprint = broadcast_object_list([fingerprint_folder(folder) if state.is_main_process else None])[0]
-    return pipe, folder, fingerprint
-
-
-def _resolve_specs(pipe, specs: Sequence[SamplerSpec]) -> tuple[list[ResolvedSpec], list[Any]]:
-    """The specs made concrete for this pipeline, and one scheduler per spec (invalid settings fail here)."""
-    from ..schedulers.scheduling_entropy_rate import EntropyRateScheduler
-
-    base = pipe.scheduler
-    resolved = [spec.resolve(base.config) for spec in specs]
-    keys = [r.key for r in resolved]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"Some sampler specs name the same sampler: {keys}.")
-    schedulers = []
-    for spec in resolved:
-        overrides = spec.scheduler_overrides(base.config)
-        scheduler = EntropyRateScheduler.from_config(base.config, **overrides) if overrides else base
-        scheduler.set_timesteps(spec.num_inference_steps, gamma=spec.gamma_per_step)
-        schedulers.append(scheduler)
-    return resolved, schedulers
-
-
-def _log_plan(resolved: Sequence[ResolvedSpec], seeds, num_samples, num_processes, folder, fingerprint) -> None:
-    logger.info(
-        f"Protocol: {len(resolved)} spec(s) x {len(seeds)} seed(s) x {num_samples} samples on "
-        f"{num_processes} process(es); pipeline {folder} ({fingerprint[:12]})"
-    )
-    for spec in resolved:
-        logger.info(
-            f"  {spec.label}: {spec.num_inference_steps} noise levels, per-step gamma {spec.gamma_per_step:.6g}, "
-            f"solver={spec.solver}, self_conditioning={spec.self_conditioning}, {spec.expected_nfe} NFE"
-        )
-
-
-# ---------------------------------------------------------------------------------------------------- the protocol
-
-
-def _load_reference(pipe, num_rows: int, packing: str, path, **dataset) -> ReferenceRows | None:
+def _load_reference(rules, num_rows: int, packing: str, path, **dataset) -> ReferenceData | None:
     """The reference rows from a file (``path``) or a ``datasets`` split (``dataset=NAME``, ...); ``None`` without."""
     if path is None and dataset["dataset"] is None:
         return None
-    return build_reference(pipe, read_reference_texts(path, **dataset), num_rows, packing)
+    return build_reference_data(rules, read_reference_texts(path, **dataset), num_rows, packing)
 
 
-def _generate(state, pipe, specs, schedulers, cache: SampleCache, seeds, num_samples: int, batch_size: int):
+def _load_scorers(model, my_jobs, device, *, evaluator, evaluator_dtype, mauve, mauve_featurizer, **mauve_options):
+    """The GenPPL scorer and the MAUVE featuriser (``None`` on a process without scoring jobs) and MAUVE settings."""
+    from .gen_ppl import GenPPLScorer
+    from .mauve import MauveFeaturizer
+
+    evaluator_path = resolve_evaluator(evaluator)
+    scorer = GenPPLScorer(evaluator_path, dtype=evaluator_dtype, device=device) if my_jobs else None
+    if not mauve:
+        return scorer, None, None
+    featurizer_path = resolve_evaluator(mauve_featurizer or evaluator)
+    length = mauve_options.pop("max_text_length")
+    if length is None:  # a CoBit OWT code stands for several GPT-2 tokens: the official 1024
+        length = 1024 if model.kind == "cobit" and model.text_rules.layout == "owt" else model.num_tokens
+    settings = MauveSettings(featurizer_path, int(length), **mauve_options)
+    featurizer = None
+    if my_jobs and featurizer_path == evaluator_path and evaluator_dtype == "float32":
+        featurizer = MauveFeaturizer(model=scorer.model, tokenizer=scorer.tokenizer, device=device)
+    elif my_jobs:
+        featurizer = MauveFeaturizer(featurizer_path, dtype="float32", device=device)
+    return scorer, featurizer, settings
+
+
+def _generate(state, model, specs, cache: SampleCache, seeds, num_samples, batch_size, max_batch_size):
     """Every batch of every run, this process making its share; returns ``({(spec_index, seed): batches}, all)``."""
     from accelerate.utils import gather_object
 
     my_batches = _share(state, plan_batches(len(specs), seeds, num_samples, batch_size))
-    made = generate_batches(pipe, specs, schedulers, my_batches, cache, show_progress=state.is_local_main_process)
+    made = generate_batches(
+        model, specs, my_batches, cache, max_batch_size=max_batch_size, show_progress=state.is_local_main_process
+    )
     batches = gather_object(made)
     return group_by_run(batches), batches
 
 
-def _score(state, scorer, my_jobs, by_run, reference: ReferenceRows | None, batch_size: int) -> dict:
+def _score(state, scorer, my_jobs, by_run, reference: ReferenceData | None, batch_size: int, **mauve) -> dict:
     """This process's scoring jobs scored, everyone's gathered: ``{job name: TextScores}``."""
     from accelerate.utils import gather_object
 
@@ -236,16 +260,24 @@ def _score(state, scorer, my_jobs, by_run, reference: ReferenceRows | None, batc
             continue
         texts = [text for batch in by_run[name] for text in batch.texts]
         jobs.append(generated_job(name, texts, [e for batch in by_run[name] for e in batch.entropies]))
-    scores = score_jobs(scorer, jobs, batch_size=batch_size, show_progress=state.is_local_main_process)
+    scores = score_jobs(scorer, jobs, batch_size=batch_size, show_progress=state.is_local_main_process, **mauve)
     return {score.name: score for score in gather_object(scores)}
 
 
-def _report(state, output_dir, specs, seeds, by_run, scores, settings, reference, plot):
-    """The result rows, the summary and the samples of every run; the main process writes the files."""
+def _report(state, output_dir, specs, seeds, by_run, scores, mauve, likelihood, settings, reference, plot, batch_size):
+    """The result rows, the summary and the samples of every run (``batch_size``: of the likelihood's batches); the
+    main process writes the files."""
     runs = [(spec_index, seed) for spec_index in range(len(specs)) for seed in seeds]
-    rows = [result_row(specs[i], seed, by_run[i, seed], scores[i, seed], settings) for i, seed in runs]
+    rows = [
+        result_row(specs[i], seed, by_run[i, seed], scores[i, seed], settings, mauve.get((i, seed)))
+        for i, seed in runs
+    ]
+    if likelihood is not None:
+        rows.append(model_row(likelihood, settings, batch_size=batch_size))
+    if REFERENCE_JOB in scores:
+        rows.append(reference_row(scores[REFERENCE_JOB], settings))
     samples = {(specs[i].label, seed): [t for b in by_run[i, seed] for t in b.texts] for i, seed in runs}
-    summary = summarize(specs, rows, scores.get(REFERENCE_JOB))
+    summary = summarize(specs, rows)
     if state.is_main_process:
         write_outputs(
             output_dir,
@@ -260,14 +292,20 @@ def _report(state, output_dir, specs, seeds, by_run, scores, settings, reference
     return rows, summary, samples
 
 
+# ---------------------------------------------------------------------------------------------------- the protocol
+
+
 def run_protocol(
     pipeline: str | os.PathLike,
-    specs: Sequence[str | SamplerSpec],
+    specs: Sequence[str | SamplerSpec | ARSamplerSpec] = (),
     *,
     num_samples: int,
     output_dir: str | os.PathLike,
     seeds: Sequence[int] = (0,),
     batch_size: int = 64,
+    max_batch_size: int | str | None = "auto",
+    num_tokens: int | None = None,
+    ar_layout: str = "auto",
     evaluator: str | None = None,
     evaluator_dtype: str = "bfloat16",
     evaluator_batch_size: int = 16,
@@ -279,45 +317,66 @@ def run_protocol(
     reference_split: str = "test",
     reference_column: str = "text",
     reference_packing: str = "auto",
+    vlb: bool = False,
+    vlb_num_mc_samples: int = 1,
+    vlb_batch_size: int = 16,
+    likelihood_seed: int = 0,
+    heldout_loss: bool = False,
+    heldout_loss_sigmas: Sequence[float] = DEFAULT_HELDOUT_SIGMAS,
+    mauve: bool = False,
+    mauve_featurizer: str | None = None,
+    mauve_num_buckets: int | str = "auto",
+    mauve_max_text_length: int | None = None,
     plot: bool = True,
 ) -> ProtocolResult:
     """Run the protocol (see the module docstring) and write its files; call it on every process.
 
     Args:
-        pipeline: a pipeline folder (or a hub id).
-        specs: sampler specs, strings (``"gamma=0.2,nfe=256"``) or :class:`SamplerSpec`.
+        pipeline: a CoBit pipeline folder, a causal-LM folder, or a hub id of either.
+        specs: sampler specs, strings (``"gamma=0.2,nfe=256"``, ``"temperature=0.9"``) or parsed specs; a causal LM
+            defaults to ``temperature=1``.
         num_samples: samples per spec and seed (and reference rows).
         output_dir: where the cache and the result files go.
         seeds: one run per seed.
-        batch_size: samples per pipeline call (fixes the batch boundaries, not the samples).
+        batch_size: samples per cached batch (fixes the batch boundaries, not the samples).
+        max_batch_size: the most samples one model call runs (an int, ``"auto"`` from the free CUDA memory, or
+            ``None`` for the whole batch); the samples do not depend on it.
+        num_tokens: a causal LM's row length (default: recorded by its training run).
+        ar_layout: a causal LM's text rules (:data:`~.causal_lm_text.AR_TEXT_LAYOUTS`).
         evaluator: GenPPL evaluator: a hub id, a local folder, ``"smollm2"`` or a ``.gguf`` file; ``None``: the
             paper's ``openai-community/gpt2-large`` (``evaluation.DEFAULT_EVALUATOR``).
         evaluator_dtype: ``"bfloat16"`` (the paper's) or ``"float32"``.
         evaluator_batch_size: windows per evaluator call.
         autocast_dtype: ``None``/``"none"`` (float32), ``"bfloat16"`` (the official generation setting) or
-            ``"float16"`` for the denoiser.
+            ``"float16"`` for the model (generation and likelihood).
         device: ``"cpu"``, ``"cuda:0"``...; default: the accelerate process's device.
         reference_texts, reference_dataset, reference_dataset_config, reference_split, reference_column,
         reference_packing: the real reference (:func:`read_reference_texts`, :func:`build_reference`); none given
-            means no reference row.
+            means no reference row (and no likelihood or MAUVE).
+        vlb, vlb_num_mc_samples, vlb_batch_size, likelihood_seed, heldout_loss, heldout_loss_sigmas: the likelihood
+            metrics (:mod:`~.protocol_likelihood`).
+        mauve, mauve_featurizer, mauve_num_buckets, mauve_max_text_length: MAUVE against the reference texts; the
+            featuriser defaults to the evaluator (resolved the same way).
         plot: write ``genppl_vs_entropy.png``.
     """
     import torch
     from accelerate import PartialState
 
-    from .gen_ppl import DEFAULT_EVALUATOR, GenPPLScorer
+    from .gen_ppl import DEFAULT_EVALUATOR
+    from .protocol_models import load_protocol_model
 
     began = time.perf_counter()
+    wanted = {"--vlb": vlb, "--heldout-loss": heldout_loss, "--mauve": mauve}
     parsed, seeds, autocast_name = _check_arguments(
         specs,
         seeds,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        evaluator_batch_size=evaluator_batch_size,
+        counts={"num_samples": num_samples, "batch_size": batch_size, "evaluator_batch_size": evaluator_batch_size,
+                "vlb_num_mc_samples": vlb_num_mc_samples, "vlb_batch_size": vlb_batch_size},
         autocast_dtype=autocast_dtype,
         reference_sources=(reference_texts, reference_dataset),
         reference_packing=reference_packing,
-    )
+        needs_reference=[flag for flag, on in wanted.items() if on],
+    )  # fmt: skip
     num_samples, batch_size, evaluator = int(num_samples), int(batch_size), str(evaluator or DEFAULT_EVALUATOR)
     output_dir = Path(output_dir)
     state = PartialState(cpu=device is not None and str(device) == "cpu")
@@ -325,18 +384,20 @@ def run_protocol(
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    pipe, folder, fingerprint = _load_pipeline(state, pipeline, exec_device)
-    resolved, schedulers = _resolve_specs(pipe, parsed)
+    model = load_protocol_model(state, pipeline, exec_device, num_tokens=num_tokens, ar_layout=ar_layout)
+    resolved = _resolve_specs(model, parsed)
     if state.is_main_process:
-        _log_plan(resolved, seeds, num_samples, state.num_processes, folder, fingerprint)
+        _log_plan(model, resolved, seeds, num_samples, state.num_processes)
+    if heldout_loss and not model.supports_heldout_loss:
+        logger.warning("--heldout-loss is a CoBit metric (a diffusion loss); a causal LM leaves its columns empty.")
 
-    # The reference rows and the evaluator come before the long part, so that their errors show at once.
+    # The reference rows and the scorers come before the long part, so that their errors show at once.
     runs = [(spec_index, seed) for spec_index in range(len(resolved)) for seed in seeds]
     have_reference = reference_texts is not None or reference_dataset is not None
     my_jobs = _share(state, ([REFERENCE_JOB] if have_reference else []) + runs)
-    with state.main_process_first():  # downloads (dataset, evaluator) happen once
+    with state.main_process_first():  # downloads (dataset, evaluator, featuriser) happen once
         reference = _load_reference(
-            pipe,
+            model.text_rules,
             num_samples,
             reference_packing,
             reference_texts,
@@ -345,12 +406,30 @@ def run_protocol(
             split=reference_split,
             column=reference_column,
         )
-        evaluator_path = resolve_evaluator(evaluator)
-        scorer = GenPPLScorer(evaluator_path, dtype=evaluator_dtype, device=exec_device) if my_jobs else None
+        scorer, featurizer, mauve_settings = _load_scorers(
+            model, my_jobs, exec_device, evaluator=evaluator, evaluator_dtype=evaluator_dtype, mauve=mauve,
+            mauve_featurizer=mauve_featurizer, max_text_length=mauve_max_text_length, num_buckets=mauve_num_buckets,
+        )  # fmt: skip
 
-    cache = SampleCache(output_dir / "cache", fingerprint, autocast_name, exec_device.type)
-    by_run, batches = _generate(state, pipe, resolved, schedulers, cache, seeds, num_samples, batch_size)
-    scores = _score(state, scorer, my_jobs, by_run, reference, evaluator_batch_size)
+    cache = SampleCache(output_dir / "cache", model.fingerprint, autocast_name, exec_device.type)
+    by_run, batches = _generate(state, model, resolved, cache, seeds, num_samples, batch_size, max_batch_size)
+    scores = _score(
+        state, scorer, my_jobs, by_run, reference, evaluator_batch_size, featurizer=featurizer, mauve=mauve_settings
+    )
+    mauve_values = mauve_of_runs(state, scores, mauve_settings) if mauve else {}
+    likelihood_settings = LikelihoodSettings(
+        vlb=vlb,
+        heldout_loss=heldout_loss,
+        batch_size=int(vlb_batch_size),
+        num_mc_samples=int(vlb_num_mc_samples),
+        seed=int(likelihood_seed),
+        heldout_sigmas=tuple(float(s) for s in heldout_loss_sigmas),
+        autocast_dtype=None if autocast_name == "none" else getattr(torch, autocast_name),
+        show_progress=state.is_local_main_process,
+    )
+    likelihood = None
+    if likelihood_settings.any:
+        likelihood = model_likelihood(state, model, reference.token_ids, likelihood_settings)
 
     settings = RunSettings(
         batch_size=batch_size,
@@ -360,10 +439,17 @@ def run_protocol(
         evaluator=evaluator,
         evaluator_dtype=evaluator_dtype,
         pipeline=str(pipeline),
-        pipeline_fingerprint=fingerprint,
+        pipeline_fingerprint=model.fingerprint,
         timestamp_utc=utc_timestamp(),
+        model_kind=model.kind,
+        num_parameters=model.num_parameters,
+        train_tokens=model.train_tokens,
+        mauve_featurizer=None if mauve_settings is None else (mauve_featurizer or evaluator),
     )
-    rows, summary, samples = _report(state, output_dir, resolved, seeds, by_run, scores, settings, reference, plot)
+    rows, summary, samples = _report(
+        state, output_dir, resolved, seeds, by_run, scores, mauve_values, likelihood, settings, reference, plot,
+        likelihood_settings.batch_size,
+    )  # fmt: skip
     generated = sum(not b.cached for b in batches)
     if state.is_main_process:
         logger.info(
@@ -380,92 +466,19 @@ def run_protocol(
         cached_batches=len(batches) - generated,
         output_dir=output_dir,
         samples=samples,
+        model_kind=model.kind,
+        likelihood=likelihood,
     )
 
 
 # ---------------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bitstream_diffusion.evaluation.run_protocol",
-        description="The CoBit evaluation protocol: GenPPL and token entropy per sampler spec, mean ± std over seeds.",
-        epilog="Several processes: accelerate launch --multi_gpu --num_processes N -m "
-        "bitstream_diffusion.evaluation.run_protocol ... (add --device cpu for CPU processes).",
-    )
-    parser.add_argument("--pipeline", required=True, help="BitstreamDiffusionPipeline folder (or hub id)")
-    parser.add_argument(
-        "--spec",
-        action="append",
-        required=True,
-        metavar="SPEC",
-        help="sampler spec, repeatable: gamma=G,nfe=N (paper notation: N-1 levels) or gamma=G,steps=K (per-step "
-        "gamma, K levels); optional solver=euler|heun, self_conditioning=carry|refined|none",
-    )
-    parser.add_argument("--num-samples", type=int, default=1024, help="samples per spec and seed (default 1024)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="evaluation seeds (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per pipeline call (default 64)")
-    parser.add_argument("--output-dir", required=True, help="results, plot and the resumable sample cache")
-    parser.add_argument(
-        "--evaluator",
-        help=f"GenPPL causal LM: hub id or folder (default {_PAPER_EVALUATOR}); 'smollm2' or a .gguf file for an "
-        "offline evaluator",
-    )
-    parser.add_argument(
-        "--evaluator-dtype",
-        choices=("bfloat16", "float32"),
-        default="bfloat16",
-        help="evaluator weights and logits dtype (default bfloat16, the paper's)",
-    )
-    parser.add_argument("--evaluator-batch-size", type=int, default=16, help="windows per evaluator call")
-    parser.add_argument(
-        "--autocast-dtype",
-        choices=AUTOCAST_DTYPES,
-        default="none",
-        help="denoiser autocast (the official runs used bfloat16; default none = float32)",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the accelerate process's device)")
-    reference = parser.add_argument_group("real-data reference (the first --num-samples rows)")
-    source = reference.add_mutually_exclusive_group()
-    source.add_argument("--reference-texts", metavar="FILE", help=".jsonl (strings or objects) or one text per line")
-    source.add_argument("--reference-dataset", metavar="NAME", help="datasets.load_dataset name, e.g. lm1b")
-    reference.add_argument("--reference-dataset-config", metavar="CONFIG", help="dataset configuration name")
-    reference.add_argument("--reference-split", default="test", help="split, slicing allowed (default test)")
-    reference.add_argument("--reference-column", default="text", help="text column / jsonl field (default text)")
-    reference.add_argument(
-        "--reference-packing",
-        choices=REFERENCE_PACKINGS,
-        default="auto",
-        help="packed: rows as the official caches (LM1B/OWT); rows: one text per row",
-    )
-    parser.add_argument("--no-plot", action="store_true", help="skip genppl_vs_entropy.png")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_protocol(
-            args.pipeline,
-            [SamplerSpec.parse(text) for text in args.spec],
-            num_samples=args.num_samples,
-            output_dir=args.output_dir,
-            seeds=args.seeds,
-            batch_size=args.batch_size,
-            evaluator=args.evaluator,
-            evaluator_dtype=args.evaluator_dtype,
-            evaluator_batch_size=args.evaluator_batch_size,
-            autocast_dtype=args.autocast_dtype,
-            device=args.device,
-            reference_texts=args.reference_texts,
-            reference_dataset=args.reference_dataset,
-            reference_dataset_config=args.reference_dataset_config,
-            reference_split=args.reference_split,
-            reference_column=args.reference_column,
-            reference_packing=args.reference_packing,
-            plot=not args.no_plot,
-        )
+        run_protocol(**protocol_kwargs(args))
     except (OSError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
