@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bitstream_diffusion.training import EntropyRateEstimator, ExponentialMovingAverage, TrainingState
+from bitstream_diffusion.training.checkpoint_files import write_manifest
 from bitstream_diffusion.training.checkpointing import (
     TRAINING_STATE_FILE,
     list_checkpoints,
@@ -43,8 +44,9 @@ def _accelerator(seed: int = 0):
 def _fake_checkpoint(output_dir: Path, step: int, complete: bool = True) -> Path:
     path = output_dir / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    TrainingState(global_step=step, micro_batches=step).save(path / TRAINING_STATE_FILE)
     if complete:
-        TrainingState(global_step=step).save(path / TRAINING_STATE_FILE)
+        write_manifest(path, step)
     return path
 
 
@@ -70,15 +72,15 @@ def test_only_complete_checkpoints_count_and_latest_is_the_newest(tmp_path):
     assert list_checkpoints(tmp_path / "missing") == [] and resolve_resume_checkpoint("latest", tmp_path) is None
     for step in (5, 20, 10):
         _fake_checkpoint(tmp_path, step)
-    _fake_checkpoint(tmp_path, 30, complete=False)  # killed while saving: no training state
+    _fake_checkpoint(tmp_path, 30, complete=False)  # no manifest: not a checkpoint
     (tmp_path / "checkpoint-final").mkdir()
     (tmp_path / ".checkpoint-40.tmp").mkdir()
     assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 10, 20]
     assert resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-20"
     assert resolve_resume_checkpoint("checkpoint-10", tmp_path) == tmp_path / "checkpoint-10"  # relative to output
     assert resolve_resume_checkpoint(None, tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="checkpoint-30 is not a complete checkpoint"):
-        resolve_resume_checkpoint(str(tmp_path / "checkpoint-30"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint-31 not found"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-31"), tmp_path)
 
 
 def test_rotation_keeps_the_newest_and_stale_staging_is_removed(tmp_path):
@@ -114,8 +116,9 @@ def test_save_and_load_checkpoint_restore_every_registered_object(tmp_path):
              "lr": scheduler.get_last_lr(), "buffer": estimator.buffer()[0].clone()}
     path = save_checkpoint(accelerator, tmp_path, state, total_limit=None)
     assert path == tmp_path / "checkpoint-1" and not list(tmp_path.glob(".checkpoint-*"))
-    custom = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
-    assert custom == [f"custom_checkpoint_{i}.pkl" for i in range(3)]  # LR schedule, estimator, EMA
+    assert not list(path.glob("*.pkl")) or sorted(p.name for p in path.glob("*.pkl")) == ["random_states_0.pkl"]
+    for name in ("lr_scheduler.json", "entropy_estimator.safetensors", "ema.safetensors", "checkpoint_manifest.json"):
+        assert (path / name).is_file(), name
 
     with torch.no_grad():
         model.weight.zero_()
