@@ -285,16 +285,22 @@ def is_complete(folder: str | os.PathLike) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _check_json(path: Path) -> None:
+def _check_json(path: Path, global_step: int) -> None:
+    """Parse a JSON file of the checkpoint; the training state must also be valid and of the manifest's step."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}): the file is corrupt.") from error
     if path.name == TRAINING_STATE_FILE:
         try:
-            TrainingState.from_dict(data, source=str(path))
+            state = TrainingState.from_dict(data, source=str(path))
         except ValueError as error:
             raise CheckpointError(str(error)) from error
+        if state.global_step != global_step:
+            raise CheckpointError(
+                f"{path}: field 'global_step' is {state.global_step}, but the checkpoint was written at step "
+                f"{global_step} (its {MANIFEST_FILE}): the file was edited or swapped."
+            )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -336,9 +342,10 @@ def verify_checkpoint(
 ) -> list[str]:
     """Check that a run can resume from ``folder`` exactly, before anything is loaded.
 
-    In order: no pickled objects (:func:`refuse_pickled_objects`); a manifest; each file it lists present with its
-    size; JSON files parse (the training state with every field checked); safetensors files hold no NaN/inf; the RNG
-    file of each of the ``num_processes`` ranks reads weights-only; every checksum matches.
+    In order: no pickled objects (:func:`refuse_pickled_objects`); a manifest; then for each file it lists: present;
+    a JSON file parses (the training state with every field checked, and of the manifest's step); its size; a
+    safetensors file holds no NaN/inf; an RNG file (of each of the ``num_processes`` ranks) reads weights-only; its
+    checksum.
 
     Args:
         hint: appended to every error message (e.g. which older checkpoint to resume from instead).
@@ -385,13 +392,13 @@ def verify_checkpoint(
         try:
             if not path.is_file():
                 raise CheckpointError(f"{path} is missing (deleted after the checkpoint was written).")
+            if path.suffix == ".json":  # before the size: a field check says more than "the file changed"
+                _check_json(path, manifest["global_step"])
             size = path.stat().st_size
             if size != entry.get("bytes"):
                 raise CheckpointError(f"{path} is truncated or was replaced: {size} bytes, the manifest says "
                                       f"{entry.get('bytes')}.")
-            if path.suffix == ".json":
-                _check_json(path)
-            elif path.suffix == ".safetensors":
+            if path.suffix == ".safetensors":
                 _check_safetensors(path)
             elif is_rng:
                 _check_rng_file(path)

@@ -408,9 +408,14 @@ def load_checkpoint(
     except Exception as caught:  # accelerate's and torch's own errors, e.g. a weight of the wrong shape
         raise CheckpointError(f"Cannot load {path} ({type(caught).__name__}: {caught}). {hint}") from caught
     try:
-        return TrainingState.load(path / TRAINING_STATE_FILE)
+        state = TrainingState.load(path / TRAINING_STATE_FILE)
     except ValueError as caught:
         raise CheckpointError(f"{caught} {hint}") from caught
+    step = checkpoint_step(path)
+    if step is not None and state.global_step != step:
+        raise CheckpointError(f"{path / TRAINING_STATE_FILE}: field 'global_step' is {state.global_step}, but the "
+                              f"folder is {path.name}: it was renamed or its files swapped. {hint}")
+    return state
 
 
 def register_checkpoint_state(

@@ -64,20 +64,20 @@ class TrainingState:
         Raises:
             ValueError: a missing or unknown field, a counter that is not a non-negative integer (``1e6`` is a float
                 in JSON, ``-5`` is negative), counters that contradict each other, or a malformed validation history;
-                the message names ``source`` and the field.
+                the message names ``source`` and the field (the caller adds what to do).
         """
         if not isinstance(data, dict):
-            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}. {_RESUME_HINT}")
+            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}.")
         names = [f.name for f in dataclasses.fields(cls)]
         missing, unknown = sorted(set(names) - set(data)), sorted(set(data) - set(names))
         if missing or unknown:
             raise ValueError(
                 f"{source} is not a training state of this script (missing fields {missing}, unknown fields "
-                f"{unknown}). {_RESUME_HINT}"
+                f"{unknown})."
             )
 
         def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{source}: field {name!r} {why}. The file is corrupt or was edited. {_RESUME_HINT}")
+            return ValueError(f"{source}: field {name!r} {why}. The file is corrupt or was edited.")
 
         for name in _COUNTERS:
             value = data[name]
@@ -120,7 +120,7 @@ class TrainingState:
         if checkpoint_step is not None and self.global_step != checkpoint_step:
             raise ValueError(
                 f"{source}: field 'global_step' is {self.global_step} but the folder is checkpoint-{checkpoint_step}. "
-                f"The file is corrupt or was moved. {_RESUME_HINT}"
+                "The file is corrupt or was moved. Resume from a checkpoint with --resume_from_checkpoint checkpoint-N."
             )
         if self.global_step > max_train_steps:
             raise ValueError(
@@ -144,4 +144,7 @@ class TrainingState:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"Cannot read the training state {path} ({error}). {_RESUME_HINT}") from error
-        return cls.from_dict(data, source=str(path))
+        try:
+            return cls.from_dict(data, source=str(path))
+        except ValueError as error:
+            raise ValueError(f"{error} {_RESUME_HINT}") from None
