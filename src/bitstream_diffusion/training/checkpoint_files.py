@@ -44,6 +44,7 @@ __all__ = [
     "RNGStateError",
     "describe_write_error",
     "filesystem_step",
+    "incompleteness",
     "is_complete",
     "load_ema",
     "load_estimator",
@@ -267,17 +268,26 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
-def is_complete(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds a manifest and every file it lists with the listed size (cheap: no checksums)."""
+def incompleteness(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` is not a complete checkpoint (no valid manifest; a listed file missing or of another size), or
+    ``None`` when it is (cheap: sizes only, no checksums)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
-        return False
-    for name, entry in manifest["files"].items():
+        return f"it has no valid {MANIFEST_FILE}"
+    for name, entry in sorted(manifest["files"].items()):
         path = folder / name
-        if not path.is_file() or not isinstance(entry, dict) or path.stat().st_size != entry.get("bytes"):
-            return False
-    return True
+        if not path.is_file():
+            return f"{name} is missing"
+        expected = entry.get("bytes") if isinstance(entry, dict) else None
+        if path.stat().st_size != expected:
+            return f"{name} has {path.stat().st_size} bytes, its manifest says {expected}"
+    return None
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a manifest and every file it lists with the listed size (:func:`incompleteness`)."""
+    return incompleteness(folder) is None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,7 +338,10 @@ def _check_rng_file(path: Path) -> None:
     try:
         states = load(path)  # weights-only, with accelerate's allow-list of numpy types
     except Exception as error:
-        raise RNGStateError(f"{path} cannot be read weights-only ({type(error).__name__}: {error}).") from error
+        # torch's message goes on about weights_only=False, which is exactly what must not be done with this file
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+        raise RNGStateError(f"{path} cannot be read weights-only ({type(error).__name__}: {reason}).") from error
     if not isinstance(states, dict) or any(key not in states for key in _RNG_KEYS):
         raise RNGStateError(f"{path} is not an RNG state of accelerate (expected the keys {list(_RNG_KEYS)}).")
 
@@ -343,8 +356,8 @@ def verify_checkpoint(
     """Check that a run can resume from ``folder`` exactly, before anything is loaded.
 
     In order: no pickled objects (:func:`refuse_pickled_objects`); a manifest; then for each file it lists: present;
-    a JSON file parses (the training state with every field checked, and of the manifest's step); its size; a
-    safetensors file holds no NaN/inf; an RNG file (of each of the ``num_processes`` ranks) reads weights-only; its
+    a JSON file parses (the training state with every field checked, and of the manifest's step) and an RNG file (of
+    each of the ``num_processes`` ranks) reads weights-only; its size; a safetensors file holds no NaN/inf; its
     checksum.
 
     Args:
@@ -392,16 +405,17 @@ def verify_checkpoint(
         try:
             if not path.is_file():
                 raise CheckpointError(f"{path} is missing (deleted after the checkpoint was written).")
-            if path.suffix == ".json":  # before the size: a field check says more than "the file changed"
+            # JSON and RNG contents first: "field x is -5" or "not loadable weights-only" say more than a size
+            if path.suffix == ".json":
                 _check_json(path, manifest["global_step"])
+            elif is_rng:
+                _check_rng_file(path)
             size = path.stat().st_size
             if size != entry.get("bytes"):
                 raise CheckpointError(f"{path} is truncated or was replaced: {size} bytes, the manifest says "
                                       f"{entry.get('bytes')}.")
             if path.suffix == ".safetensors":
                 _check_safetensors(path)
-            elif is_rng:
-                _check_rng_file(path)
             if _digest(path) != entry.get("sha256"):
                 raise CheckpointError(f"{path} changed after the checkpoint was written (its SHA-256 differs from "
                                       "the manifest's): the file is corrupt.")

@@ -49,6 +49,7 @@ from .checkpoint_files import (
     RNGStateError,
     describe_write_error,
     filesystem_step,
+    incompleteness,
     is_complete,
     load_ema,
     load_estimator,
@@ -164,8 +165,9 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) 
 
     Args:
         value: ``None``/empty (no resume), ``"latest"`` (the newest complete checkpoint in ``output_dir``, ``None``
-            when there is no checkpoint folder at all), or a folder, absolute or relative to the working directory or
-            to ``output_dir`` (checked by :func:`load_checkpoint`).
+            when there is no checkpoint folder at all; newer ``checkpoint-N`` folders that are not complete, i.e.
+            damaged, are skipped with a warning that names the missing or cut file), or a folder, absolute or
+            relative to the working directory or to ``output_dir`` (checked by :func:`load_checkpoint`).
 
     Raises:
         FileNotFoundError: a named folder that does not exist.
@@ -177,15 +179,19 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) 
     if value == "latest":
         checkpoints = list_checkpoints(output_dir)
         newest = checkpoints[-1][0] if checkpoints else -1
-        others = sorted(p.name for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                        if p.is_dir() and (checkpoint_step(p) or 0) > newest and not is_complete_checkpoint(p))
-        if others and not checkpoints:
+        newer = sorted((checkpoint_step(p), p) for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                       if p.is_dir() and checkpoint_step(p) is not None and checkpoint_step(p) > newest)
+        skipped = {p.name: incompleteness(p) for _, p in newer}
+        if skipped and not checkpoints:
             raise CheckpointError(
-                f"{output_dir} holds {', '.join(others)} but no complete checkpoint (no valid {MANIFEST_FILE}): "
-                "written by an older version of this script, or damaged. Start anew in another --output_dir."
+                f"{output_dir} holds {', '.join(skipped)} but no complete checkpoint ("
+                + "; ".join(f"{name}: {why}" for name, why in skipped.items())
+                + "): damaged, or written by an older version of this script. Start anew in another --output_dir."
             )
-        if others:
-            logger.warning(f"Skipping {', '.join(others)}: not complete (no valid {MANIFEST_FILE}).")
+        for name, why in skipped.items():
+            logger.warning(f"WARNING: {output_dir / name} is not a complete checkpoint ({why}): skipped. Resuming from "
+                           f"{checkpoints[-1][1].name}, the newest complete one (or pass another with "
+                           "--resume_from_checkpoint).")
         return checkpoints[-1][1] if checkpoints else None
     path = Path(value)
     if not path.exists() and (output_dir / value).exists():

@@ -57,7 +57,7 @@ class TrainingDivergedError(RuntimeError):
         after ``state``, the one being computed)."""
         last = last_checkpoint or "none (no checkpoint was written yet)"
         step = state.global_step + 1 if step is None else step
-        verb = "are" if what.endswith("s") else "is"
+        verb = "are" if what.endswith("weights") else "is"
         return cls(
             f"Training stopped: the {what} {verb} {value} at optimizer step {step} "
             f"(epoch {state.epoch}, batch {state.batches_in_epoch}). The weights were not updated with it and no "
