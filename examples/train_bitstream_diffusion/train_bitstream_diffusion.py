@@ -165,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=32, help="Per device.")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="Micro-batches per optimizer step (the global batch is this x batch size x processes).")
     optim.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps (and the cosine horizon).")
     optim.add_argument("--num_train_epochs", type=int, default=None, help="Used when --max_train_steps is unset.")
-    optim.add_argument("--learning_rate", type=float, default=3e-4)
+    optim.add_argument("--learning_rate", type=float, default=3e-4,
+                       help="Peak learning rate, reached after the warm-up (the paper: 3e-4 for S, 2e-4 for M).")
     optim.add_argument("--lr_scheduler", type=str, default="warmup_cosine",
                        choices=["warmup_cosine", "constant", "constant_with_warmup", "linear", "cosine"],
                        help="warmup_cosine: the paper's linear warm-up from 0, then cosine to --lr_min (transformers' "
