@@ -6,7 +6,8 @@
   state (an interrupted save whose files were complete is finished instead).
 * A training state with an invalid field (``global_step`` -5 or 1e6, ...) is an error naming the file and the field.
 * Kill matrix: a run killed at every filesystem step of saving, publishing, rotating (and recovering) checkpoints
-  resumes from ``latest`` and ends bit-identical to an uninterrupted run.
+  resumes from ``latest`` and ends bit-identical to an uninterrupted run. The same driver checks the script's own
+  refusals: a planted pickle, a deleted RNG file (and ``--resume_without_rng_state``).
 
 The kill is injected, never timed: ``training/checkpoint_files.filesystem_step`` marks each step (write a file,
 rename a folder, delete one) and ``os._exit(9)``s right before the k-th one when
@@ -392,6 +393,19 @@ def _drive(workdir: Path) -> dict:
         entry["resumed_status"] = run(f"replace-{k}-resumed", case, "--checkpoints_total_limit", "10",
                                       "--resume_from_checkpoint", "latest")
         report["cases"].append(entry)
+
+    # the script's refusals: a planted pickle (never run), a deleted RNG file (refused, or allowed with a warning)
+    planted = workdir / "planted"
+    shutil.copytree(base, planted)
+    torch.save({"state": _Payload(workdir / "PWNED")}, planted / "checkpoint-2" / "custom_checkpoint_0.pkl")
+    report["planted_status"] = run("planted", planted, "--resume_from_checkpoint", "latest")
+    report["planted_ran"] = (workdir / "PWNED").exists()
+    no_rng = workdir / "no-rng"
+    shutil.copytree(base, no_rng)
+    (no_rng / "checkpoint-2" / "random_states_0.pkl").unlink()
+    report["no_rng_status"] = run("no-rng", no_rng, "--resume_from_checkpoint", "checkpoint-2")
+    report["no_rng_allowed_status"] = run("no-rng-allowed", no_rng, "--resume_from_checkpoint", "checkpoint-2",
+                                          "--resume_without_rng_state", "true")
     report["seconds"] = round(time.time() - started, 2)
     return report
 
@@ -479,6 +493,13 @@ def test_kill_at_every_filesystem_step_of_save_and_rotation_then_resume_is_bit_i
     assert any(s.startswith("rename the existing checkpoint-2 to .checkpoint-2.deleting") for s in replace), replace
     assert len(rotation) >= 9 and len(replace) >= 9
     _assert_bit_identical(reference, tmp_path / "replace-probe")
+
+    assert report["planted_status"] == 1 and not report["planted_ran"], log("planted")
+    assert "ERROR:" in log("planted") and "custom_checkpoint_0.pkl: pickled Python objects" in log("planted")
+    assert report["no_rng_status"] == 1 and "random_states_0.pkl is missing" in log("no-rng")
+    assert "--resume_without_rng_state true" in log("no-rng")
+    assert report["no_rng_allowed_status"] == 0, log("no-rng-allowed")
+    assert "not bit-identical" in log("no-rng-allowed") and "Resuming anyway" in log("no-rng-allowed")
 
     for case in cases:
         name = Path(case["dir"]).name
