@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,16 +105,18 @@ def mini_config(tmp_path_factory) -> Path:
     return path
 
 
-def _env(threads: int | None = None) -> dict[str, str]:
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+def _env(threads: int | None = None, **extra: str) -> dict[str, str]:
+    # ACCELERATE_MIXED_PRECISION: the machine's accelerate config file must not change the runs' precision
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false", ACCELERATE_MIXED_PRECISION="no",
+               **extra)
     if threads is not None:  # runs side by side: one thread each, or OpenMP spin-waits stall both
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
 
-def run_script(*args: str, threads: int | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=_env(threads), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+def run_script(*args: str, threads: int | None = None, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=_env(threads, **env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _summary(output_dir: Path) -> dict:
@@ -125,7 +128,9 @@ def _summary(output_dir: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_config_files_hold_the_paper_protocol(train_script):
+def test_config_files_hold_the_paper_protocol(train_script, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # accelerate's settings would win over the YAML
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
     paper = {
         "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_weight_decay": 0.01, "max_grad_norm": 1.0, "lr_min": 1e-6,
         "ema_decay": 0.9999, "use_ema": True, "mixed_precision": "bf16", "lr_scheduler": "warmup_cosine",
@@ -181,6 +186,48 @@ def test_unknown_config_key_lists_the_valid_keys(train_script, tmp_path):
         train_script.parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(ValueError, match="No training data"):
         train_script.parse_args(["--config", "none", "--max_train_steps", "3"])
+
+
+def test_mixed_precision_precedence_flag_then_accelerate_then_config(train_script, tmp_path, monkeypatch):
+    """The script flag on the command line wins; then what `accelerate launch` passes on (its flag or config file,
+    ACCELERATE_MIXED_PRECISION) or accelerate's default config file; then the YAML; and the run says which."""
+    lm1b = ["--config", str(CONFIGS / "cobit-s-lm1b.yaml")]  # pins mixed_precision: bf16
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no accelerate config file
+    args = train_script.parse_args(lm1b)
+    assert args.mixed_precision == "bf16" and "cobit-s-lm1b.yaml" in args.mixed_precision_source
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # accelerate launch --mixed_precision fp16
+    args = train_script.parse_args(lm1b)
+    assert args.mixed_precision == "fp16" and "ACCELERATE_MIXED_PRECISION=fp16" in args.mixed_precision_source
+    args = train_script.parse_args([*lm1b, "--mixed_precision", "no"])
+    assert args.mixed_precision == "no" and args.mixed_precision_source == "the command line (--mixed_precision)"
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    accelerate_config = tmp_path / "hf" / "accelerate" / "default_config.yaml"  # what `accelerate config` writes
+    accelerate_config.parent.mkdir(parents=True)
+    accelerate_config.write_text("compute_environment: LOCAL_MACHINE\nmixed_precision: fp16\n", encoding="utf-8")
+    args = train_script.parse_args(lm1b)
+    assert args.mixed_precision == "fp16" and str(accelerate_config) in args.mixed_precision_source
+    assert train_script.parse_args([*lm1b, "--mixed_precision", "bf16"]).mixed_precision == "bf16"
+    accelerate_config.unlink()
+    quickstart = train_script.parse_args(["--config", "none", "--dataset_name", "x", "--max_train_steps", "1"])
+    assert quickstart.mixed_precision == "no" and quickstart.mixed_precision_source.startswith("the default")
+
+
+def test_help_answers_without_loading_torch_and_every_flag_is_explained(train_script):
+    started = time.time()
+    result = subprocess.run([sys.executable, "-X", "importtime", str(SCRIPT), "--help"], env=_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    seconds = time.time() - started
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    heavy = imported & {"torch", "transformers", "accelerate", "diffusers", "datasets", "numpy", "safetensors"}
+    assert not heavy, f"--help imported {sorted(heavy)}"
+    assert result.returncode == 0 and "--resume_without_rng_state" in result.stdout
+    print(f"--help answered in {seconds:.2f} s")
+    parser = train_script.build_parser()
+    missing = [action.dest for action in parser._actions if not (action.help or "").strip()]
+    assert missing == [], f"flags without help text: {missing}"
 
 
 def _fake_accelerator():
@@ -241,6 +288,8 @@ def test_tiny_model_ema_validation_loss_falls(tiny_run):
 
 def test_exported_folder_generates_with_ema_weights_and_learned_table(tiny_run):
     from bitstream_diffusion import BitstreamDiffusionPipeline
+    from bitstream_diffusion.training import EntropyRateEstimator
+    from bitstream_diffusion.training.checkpoint_files import load_estimator
 
     output_dir, summary, result = tiny_run
     export = output_dir / "pipeline"
@@ -257,20 +306,22 @@ def test_exported_folder_generates_with_ema_weights_and_learned_table(tiny_run):
 
     # the exported weights are the EMA shadow of the final checkpoint, not the raw weights
     final = output_dir / f"checkpoint-{TINY_STEPS}"
-    ema = torch.load(final / "custom_checkpoint_2.pkl", weights_only=True)
+    ema = load_file(final / "ema.safetensors")  # the checkpoint keeps our objects as safetensors, never pickled
     raw = load_file(final / "model.safetensors")
     exported = pipe.model.state_dict()
-    assert all(torch.equal(exported[name], shadow) for name, shadow in ema["shadow"].items())
-    assert any(not torch.equal(raw[name], shadow) for name, shadow in ema["shadow"].items())
+    assert all(torch.equal(exported[name], shadow) for name, shadow in ema.items())
+    assert any(not torch.equal(raw[name], shadow) for name, shadow in ema.items())
+    assert not list(final.glob("custom_checkpoint_*"))
 
     # the scheduler carries the estimator's learned table (refreshed every 50 steps, last at step 300)
-    estimator = torch.load(final / "custom_checkpoint_1.pkl", weights_only=True)
-    assert estimator["num_refreshes"] >= 4 and estimator["last_refresh_step"] == TINY_STEPS
+    estimator = EntropyRateEstimator()
+    load_estimator(estimator, final / "entropy_estimator.safetensors")
+    assert estimator.num_refreshes >= 4 and estimator.last_refresh_step == TINY_STEPS
     for name in ("pdf", "sigmas", "edges"):
         stored = torch.tensor(pipe.scheduler.config[f"entropy_{name}"], dtype=torch.float32)
-        assert torch.equal(stored, estimator["tables"][name]), name
+        assert torch.equal(stored, estimator.tables[name]), name
     prior = torch.distributions.Normal(-1.2, 1.2)  # the learned table is not the warm-up log-normal
-    assert float(estimator["tables"]["pdf"].max()) != pytest.approx(float(prior.log_prob(torch.tensor(-1.2)).exp()))
+    assert float(estimator.tables["pdf"].max()) != pytest.approx(float(prior.log_prob(torch.tensor(-1.2)).exp()))
 
 
 def test_checkpoints_rotate_and_tensorboard_gets_losses_and_texts(tiny_run):
@@ -341,10 +392,11 @@ def test_resume_after_sigkill_is_bit_identical(mini_config, data_cache, tmp_path
         one, two = load_file(reference_dir / relative), load_file(killed_dir / relative)
         assert one.keys() == two.keys()
         assert all(torch.equal(one[k], two[k]) for k in one), relative
-    for index in (0, 1, 2):  # LR scheduler, entropy estimator (buffer and tables), EMA
-        one = torch.load(reference_dir / "checkpoint-40" / f"custom_checkpoint_{index}.pkl", weights_only=True)
-        two = torch.load(killed_dir / "checkpoint-40" / f"custom_checkpoint_{index}.pkl", weights_only=True)
-        _assert_same(one, two)
+    for name in ("entropy_estimator.safetensors", "ema.safetensors"):  # buffer and tables; the EMA shadows
+        _assert_same(load_file(reference_dir / "checkpoint-40" / name), load_file(killed_dir / "checkpoint-40" / name))
+    for name in ("lr_scheduler.json", "training_state.json"):
+        one, two = (json.loads((d / "checkpoint-40" / name).read_text()) for d in (reference_dir, killed_dir))
+        assert one == two, name
     optimizer_a = torch.load(reference_dir / "checkpoint-40" / "optimizer.bin", weights_only=True)
     optimizer_b = torch.load(killed_dir / "checkpoint-40" / "optimizer.bin", weights_only=True)
     _assert_same(optimizer_a["state"], optimizer_b["state"])
@@ -384,6 +436,52 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(mini_config, 
     assert summary["status"] == "diverged" and summary["global_step"] == 24
     weights = load_file(output_dir / "checkpoint-20" / "model.safetensors")
     assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+@pytest.mark.slow
+def test_a_diverging_learning_rate_stops_with_the_documented_message(mini_config, data_cache, tmp_path):
+    """lr 1e6: the weights blow up after the first steps and the next step's self-conditioning pass gives NaN. The
+    run stops there (not with the model's "`self_cond` contains NaN"), keeps the last good checkpoint and says how to
+    resume."""
+    output_dir = tmp_path / "lr1e6"
+    result = run_script("--config", mini_config, "--data_cache_dir", data_cache, "--output_dir", output_dir,
+                        "--max_train_steps", 10, "--checkpointing_steps", 2, "--learning_rate", 1e6,
+                        "--lr_warmup_steps", 0, "--validation_at_start", "false", "--num_validation_samples", 0)
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "contains NaN" not in result.stderr, result.stderr[-4000:]
+    match = re.search(r"ERROR: Training stopped: the (self-conditioning estimate|model input|loss|gradient norm|"
+                      r"weights?) (is|are) (nan|inf) at optimizer step (\d+)", result.stderr)
+    assert match, result.stderr[-4000:]
+    last = sorted((p for p in output_dir.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert f"The last good checkpoint is {last}" in result.stderr
+    assert "--resume_from_checkpoint latest and a lower --learning_rate" in result.stderr
+    assert int(match.group(4)) > int(last.name.split("-")[1])
+    assert all(bool(torch.isfinite(t).all()) for t in load_file(last / "model.safetensors").values())
+    assert _summary(output_dir)["status"] == "diverged" and not (output_dir / "pipeline").exists()
+    assert "Mixed precision: no (set by accelerate (ACCELERATE_MIXED_PRECISION=no" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_save_to_disk_folder_trains_quietly_when_the_libraries_are_silenced(data_cache, tmp_path, wiki_summaries):
+    """--train_dataset_path takes a save_to_disk folder; HF_HUB_DISABLE_PROGRESS_BARS silences every bar (data
+    preparation, steps, the libraries') and TRANSFORMERS_VERBOSITY=error the run's INFO lines."""
+    import datasets
+
+    datasets.Dataset.from_dict({"text": list(wiki_summaries[:60])}).save_to_disk(tmp_path / "saved")
+    config = {**MINI_CONFIG, "max_train_steps": 2, "checkpointing_steps": 2, "validation_steps": 2,
+              "validation_at_start": False, "num_validation_samples": 0}
+    del config["dataset_name"], config["max_train_documents"]
+    (tmp_path / "saved.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    output_dir = tmp_path / "run"
+    result = run_script("--config", tmp_path / "saved.yaml", "--train_dataset_path", tmp_path / "saved",
+                        "--data_cache_dir", tmp_path / "rows", "--output_dir", output_dir,
+                        HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = _summary(output_dir)
+    assert summary["status"] == "completed" and summary["global_step"] == 2
+    assert "it/s" not in result.stderr and "Steps" not in result.stderr and "Preparing" not in result.stderr
+    assert " - INFO - " not in result.stderr, result.stderr[-3000:]
+    assert (output_dir / "pipeline" / "model_index.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

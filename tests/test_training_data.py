@@ -314,3 +314,97 @@ def test_prepare_command(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = TokenRows(printed["cache"])
     assert printed["num_rows"] == len(rows) > 0 and rows.num_tokens == 16
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# datasets objects and save_to_disk folders; empty and binary files; progress bars
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_in_memory_datasets_and_save_to_disk_folders_give_the_rows_of_the_same_text(bert_tokenizer, wiki_summaries,
+                                                                                      tmp_path):
+    import datasets
+
+    texts = list(wiki_summaries[:40])
+    recipe = DataRecipe("lm1b", num_tokens=16)
+    (tmp_path / "corpus.txt").write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+    lines = (tmp_path / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    expected = _prepare(TextSource(data_files=[str(tmp_path / "corpus.txt")]), recipe, bert_tokenizer,
+                        tmp_path / "c0").ids[:]
+
+    dataset = datasets.Dataset.from_dict({"text": lines, "id": list(range(len(lines)))})
+    dataset_dict = datasets.DatasetDict({"train": dataset, "validation": dataset.select(range(5))})
+    in_memory = prepare_token_rows(dataset, recipe, bert_tokenizer, cache_dir=tmp_path / "c1", show_progress=False)
+    np.testing.assert_array_equal(in_memory.ids[:], expected)
+    from_dict = _prepare(TextSource(dataset=dataset_dict, split="train"), recipe, bert_tokenizer, tmp_path / "c1")
+    np.testing.assert_array_equal(from_dict.ids[:], expected)
+    assert from_dict.path == in_memory.path  # the same content fingerprint: the same cache
+
+    dataset.save_to_disk(tmp_path / "saved")
+    dataset_dict.save_to_disk(tmp_path / "saved_dict")
+    for source in (TextSource(dataset_path=str(tmp_path / "saved")), TextSource(dataset_name=str(tmp_path / "saved")),
+                   TextSource(dataset_name=str(tmp_path / "saved_dict"), split="train")):
+        np.testing.assert_array_equal(_prepare(source, recipe, bert_tokenizer, tmp_path / "c2").ids[:], expected)
+
+    head = _prepare(TextSource(dataset=dataset_dict, split="train[:20]"), recipe, bert_tokenizer, tmp_path / "c3")
+    sliced = _prepare(TextSource(data_files=[str(tmp_path / "corpus.txt")], split="train[:20]"), recipe,
+                      bert_tokenizer, tmp_path / "c3")
+    np.testing.assert_array_equal(head.ids[:], sliced.ids[:])
+    changed = datasets.Dataset.from_dict({"text": lines[::-1]})
+    assert _prepare(TextSource(dataset=changed), recipe, bert_tokenizer, tmp_path / "c1").path != in_memory.path
+
+    with pytest.raises(ValueError, match=r"has the splits \['train', 'validation'\], not 'test'"):
+        _prepare(TextSource(dataset=dataset_dict, split="test"), recipe, bert_tokenizer, tmp_path / "c4")
+    with pytest.raises(TypeError, match="IterableDataset has no content fingerprint"):
+        TextSource(dataset=dataset.to_iterable_dataset())
+    with pytest.raises(FileNotFoundError, match="not a folder written by datasets' save_to_disk"):
+        TextSource(dataset_path=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("empty.txt", b"", "is empty (0 bytes)"),
+        ("empty.jsonl", b"", "is empty (0 bytes)"),
+        ("binary.txt", bytes(range(256)) * 40, "is not UTF-8 text (binary data at byte 0)"),
+        ("binary.jsonl", b'{"text": "ok"}\n' + bytes([0xFF, 0xFE, 0x00, 0x01]) * 100, "is not UTF-8 text"),
+        ("latin1.csv", "text\ncaf\xe9\n".encode("latin-1"), "is not UTF-8 text (binary data at byte 8)"),
+        ("fake.parquet", b"text\nhello\n", "is not a Parquet file"),
+        ("broken.jsonl", b"this is not json\n", "could not read files"),
+    ],
+)
+def test_empty_or_binary_train_files_are_named(bert_tokenizer, tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        _prepare(TextSource(data_files=[str(path)]), DataRecipe("lm1b", num_tokens=16), bert_tokenizer,
+                 tmp_path / "cache")
+    message = str(error.value)
+    assert problem in message and (str(path) in message or name in message), message
+
+
+def test_preparation_bars_follow_the_hugging_face_switches(bert_tokenizer, wiki_summaries, tmp_path, capfd,
+                                                           monkeypatch):
+    import datasets
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(t.replace("\n", " ") for t in wiki_summaries[:30]) + "\n", encoding="utf-8")
+
+    def prepare(cache: str) -> str:
+        prepare_token_rows(TextSource(data_files=[str(path)]), DataRecipe("lm1b", num_tokens=16), bert_tokenizer,
+                           cache_dir=tmp_path / cache, show_progress=True)
+        return capfd.readouterr().err
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.enable_progress_bars()
+    try:
+        assert "Preparing files" in prepare("shown")  # the bar exists, so its absence below means something
+        datasets.disable_progress_bars()
+        assert "Preparing" not in prepare("datasets-off")
+        datasets.enable_progress_bars()
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        assert "Preparing" not in prepare("hub-off")
+    finally:
+        (datasets.disable_progress_bars if was_disabled else datasets.enable_progress_bars)()

@@ -17,69 +17,39 @@ hand-over to the online entropy-rate table (estimated from every rank); self-con
     accelerate launch --num_processes 2 examples/train_bitstream_diffusion/train_bitstream_diffusion.py \
         --config examples/train_bitstream_diffusion/configs/cobit-s-lm1b.yaml
 
-Every flag can live in the YAML config (keys are the flag names); flags on the command line override the file.
+Every flag can live in the YAML config (keys are the flag names); flags on the command line override the file. The
+flags are parsed before torch, accelerate and transformers load (they load in the functions that use them), so
+``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-from accelerate import Accelerator, InitProcessGroupKwargs
-from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
-from transformers import get_scheduler
-from transformers.utils.logging import tqdm
-
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTConfig, SDTModel
-from bitstream_diffusion.training import (
-    EntropyRateEstimator,
-    ExponentialMovingAverage,
-    TrainingDivergedError,
-    TrainingSigmaSampler,
-    TrainingState,
-    accelerate_gather_fn,
-    bitstream_loss,
-    check_finite,
-    check_finite_logits,
-    checkpointing,
-    export,
-    lognormal_fit,
-    lognormal_prior_tables,
-    noisy_batch,
-    reporting,
-    step_seed,
-    validation_loss,
+from bitstream_diffusion.training.config_file import (
+    command_line_value,
+    parse_args_with_config,
+    resolve_mixed_precision,
+    str2bool,
 )
-from bitstream_diffusion.training.config_file import parse_args_with_config, str2bool
-from bitstream_diffusion.training.data import (
-    DataRecipe,
-    TextSource,
-    TokenRowsDataset,
-    build_codec,
-    load_code_tokenizer,
-    load_text_tokenizer,
-    prepare_token_rows,
-    split_train_validation,
-)
-from bitstream_diffusion.training.objective import TRAIN_STREAM
-from bitstream_diffusion.utils.atomic_io import write_json_atomic, write_text_atomic
 
-logger = get_logger(__name__, log_level="INFO")
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from bitstream_diffusion import SDTConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny-wiki.yaml"  # the quickstart
 SUMMARY_FILE = "train_summary.json"
 MODEL_OVERRIDE_FLAGS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "dropout")
+DATA_FLAGS = ("dataset_name", "train_files", "train_dataset_path")  # each names the training data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,27 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lm1b: bert ids [SEP]-joined into rows; owt: GPT-2 windows re-coded by the code tokenizer; "
                            "generic: any tokenizer, documents joined by a boundary token.")
     data.add_argument("--dataset_name", type=str, default=None,
-                      help="A datasets hub id, a local dataset folder, or builtin:wiki_summaries (offline).")
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--dataset_revision", type=str, default=None)
+                      help="A datasets hub id, a local dataset folder (or save_to_disk folder), or "
+                           "builtin:wiki_summaries (offline).")
+    data.add_argument("--dataset_config_name", type=str, default=None,
+                      help="The dataset's configuration (subset) name, for hub datasets that have several.")
+    data.add_argument("--dataset_revision", type=str, default=None,
+                      help="A hub dataset's git revision (branch, tag or commit); pin it to keep the row cache valid.")
     data.add_argument("--dataset_split", type=str, default="train", help='e.g. "train" or "train[:-100000]"')
     data.add_argument("--train_files", type=str, nargs="+", default=None,
                       help="Local .txt/.json/.jsonl/.csv/.parquet files (globs allowed) instead of --dataset_name.")
+    data.add_argument("--train_dataset_path", type=str, default=None,
+                      help="A folder written by datasets' save_to_disk (a Dataset, or a DatasetDict whose "
+                           "--dataset_split is used) instead of --dataset_name; a save_to_disk folder passed as "
+                           "--dataset_name is recognised too.")
     data.add_argument("--validation_split", type=str, default=None,
                       help="A separate validation split of the dataset (e.g. \"train[-100000:]\"); by default the "
                            "last --validation_fraction of the training rows (the official LM1B rule).")
-    data.add_argument("--validation_files", type=str, nargs="+", default=None)
-    data.add_argument("--validation_fraction", type=float, default=0.005)
+    data.add_argument("--validation_files", type=str, nargs="+", default=None,
+                      help="Local files for validation (as --train_files); by default the tail of the training rows.")
+    data.add_argument("--validation_fraction", type=float, default=0.005,
+                      help="Fraction of the training rows (the last ones) held out for validation.")
     data.add_argument("--max_validation_rows", type=int, default=None, help="Cap the validation rows.")
-    data.add_argument("--text_column", type=str, default="text")
+    data.add_argument("--text_column", type=str, default="text",
+                      help="The column of the dataset or of the .json/.jsonl/.csv/.parquet files that holds the text.")
     data.add_argument("--sample_by", type=str, default="line", choices=["line", "paragraph", "document"],
                       help="For .txt files: one example per line, paragraph or file.")
     data.add_argument("--max_train_documents", type=int, default=None, help="Use only the first N documents.")
     data.add_argument("--streaming", type=str2bool, default=False,
                       help="Stream the dataset while preparing the rows (for corpora too large to download first).")
     data.add_argument("--data_cache_dir", type=str, default=None,
-                      help="Where prepared rows are cached (default: see bitstream_diffusion.utils.cache).")
-    data.add_argument("--preprocessing_batch_size", type=int, default=1000)
+                      help="Where prepared rows are cached (default: token_rows/ under the datasets cache, "
+                           "HF_DATASETS_CACHE or HF_HOME; see bitstream_diffusion.utils.cache).")
+    data.add_argument("--preprocessing_batch_size", type=int, default=1000,
+                      help="Documents tokenised per call while preparing the rows (does not change the rows).")
     data.add_argument("--tokenizer_name_or_path", type=str, default="bert-base-uncased",
                       help="Folder, hub id, or packaged:bert-base-uncased / packaged:gpt2 (offline copies).")
     data.add_argument("--code_tokenizer_name_or_path", type=str, default=None,
@@ -128,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--bits_per_token", type=int, default=None, help="Default: ceil(log2(vocabulary size)).")
     data.add_argument("--boundary_token", type=str, default="auto", choices=["auto", "eos", "sep", "none"],
                       help="generic recipe: EOS after documents, SEP between them, or nothing.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--dataloader_num_workers", type=int, default=0,
+                      help="DataLoader worker processes per training process (0: load in the main process).")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_preset", type=str, default="cobit-s-lm1b",
@@ -138,102 +121,160 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODEL_OVERRIDE_FLAGS:
         model.add_argument(f"--{name}", type=float if name == "dropout" else int, default=None,
                            help="Overrides the value of the preset or config.")
-    model.add_argument("--gradient_checkpointing", type=str2bool, default=False)
+    model.add_argument("--gradient_checkpointing", type=str2bool, default=False,
+                       help="Recompute activations in the backward pass: less memory, about a third more compute.")
 
     diffusion = parser.add_argument_group("diffusion")
-    diffusion.add_argument("--p_mean", type=float, default=-1.2)
-    diffusion.add_argument("--p_std", type=float, default=1.2)
-    diffusion.add_argument("--sigma_min", type=float, default=0.002)
-    diffusion.add_argument("--sigma_max", type=float, default=80.0)
-    diffusion.add_argument("--self_conditioning_prob", type=float, default=0.5)
-    diffusion.add_argument("--loss_type", type=str, default="binary_sm", choices=["binary_sm", "binary_ce"])
-    diffusion.add_argument("--loss_weighting", type=str, default="edm", choices=["edm", "none"])
-    diffusion.add_argument("--entropy_num_bins", type=int, default=128)
-    diffusion.add_argument("--entropy_min_per_bin", type=int, default=100)
-    diffusion.add_argument("--entropy_buffer_size", type=int, default=800_000)
-    diffusion.add_argument("--entropy_update_every", type=int, default=2000)
-    diffusion.add_argument("--entropy_warmup_steps", type=int, default=40_000)
-    diffusion.add_argument("--entropy_transition_steps", type=int, default=10_000)
-    diffusion.add_argument("--entropy_gamma_max", type=float, default=1.0)
-    diffusion.add_argument("--entropy_regularizer_c", type=float, default=0.1)
-    diffusion.add_argument("--entropy_regularizer_n", type=float, default=3.0)
-    diffusion.add_argument("--entropy_target", type=str, default="sqrt-rate", choices=["sqrt-rate", "rate"])
+    diffusion.add_argument("--p_mean", type=float, default=-1.2,
+                           help="Mean of ln(sigma) of the warm-up log-normal training noise (the paper: -1.2).")
+    diffusion.add_argument("--p_std", type=float, default=1.2,
+                           help="Standard deviation of ln(sigma) of the warm-up log-normal (the paper: 1.2).")
+    diffusion.add_argument("--sigma_min", type=float, default=0.002,
+                           help="Smallest training and sampling noise level.")
+    diffusion.add_argument("--sigma_max", type=float, default=80.0,
+                           help="Largest training and sampling noise level.")
+    diffusion.add_argument("--self_conditioning_prob", type=float, default=0.5,
+                           help="Probability that a row gets the self-conditioning estimate of a first pass (0: off).")
+    diffusion.add_argument("--loss_type", type=str, default="binary_sm", choices=["binary_sm", "binary_ce"],
+                           help="binary_sm: squared error of the bit probabilities (the paper); binary_ce: "
+                                "cross-entropy.")
+    diffusion.add_argument("--loss_weighting", type=str, default="edm", choices=["edm", "none"],
+                           help="edm: the EDM weight lambda(sigma) of each row (the paper); none: unweighted.")
+    diffusion.add_argument("--entropy_num_bins", type=int, default=128,
+                           help="Log-sigma bins of the learned entropy-rate table.")
+    diffusion.add_argument("--entropy_min_per_bin", type=int, default=100,
+                           help="The table is first estimated once the buffer holds num_bins x this many samples.")
+    diffusion.add_argument("--entropy_buffer_size", type=int, default=800_000,
+                           help="(sigma, error) samples kept in the estimator's FIFO buffer, all processes together.")
+    diffusion.add_argument("--entropy_update_every", type=int, default=2000,
+                           help="Re-estimate the table every this many optimizer steps.")
+    diffusion.add_argument("--entropy_warmup_steps", type=int, default=40_000,
+                           help="Steps of pure log-normal training noise before the hand-over to the table starts.")
+    diffusion.add_argument("--entropy_transition_steps", type=int, default=10_000,
+                           help="Steps of the linear hand-over from the log-normal to the learned table.")
+    diffusion.add_argument("--entropy_gamma_max", type=float, default=1.0,
+                           help="Share of rows whose sigma comes from the table once the hand-over is done.")
+    diffusion.add_argument("--entropy_regularizer_c", type=float, default=0.1,
+                           help="c of the low-sigma regulariser g(s) = s^n / (s^n + c^n) of the table.")
+    diffusion.add_argument("--entropy_regularizer_n", type=float, default=3.0,
+                           help="n of the low-sigma regulariser g(s) = s^n / (s^n + c^n) of the table.")
+    diffusion.add_argument("--entropy_target", type=str, default="sqrt-rate", choices=["sqrt-rate", "rate"],
+                           help="sqrt-rate: pdf ~ g * sqrt(mean(mse / sigma^2)) (the paper); rate: without the root.")
     diffusion.add_argument("--entropy_include_validation", type=str2bool, default=True,
                            help="Validation samples also enter the estimator's buffer (as in the official code).")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=32, help="Per device.")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                       help="Micro-batches per optimizer step (the global batch is this x batch size x processes).")
     optim.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps (and the cosine horizon).")
     optim.add_argument("--num_train_epochs", type=int, default=None, help="Used when --max_train_steps is unset.")
-    optim.add_argument("--learning_rate", type=float, default=3e-4)
+    optim.add_argument("--learning_rate", type=float, default=3e-4,
+                       help="Peak learning rate, reached after the warm-up (the paper: 3e-4 for S, 2e-4 for M).")
     optim.add_argument("--lr_scheduler", type=str, default="warmup_cosine",
                        choices=["warmup_cosine", "constant", "constant_with_warmup", "linear", "cosine"],
                        help="warmup_cosine: the paper's linear warm-up from 0, then cosine to --lr_min (transformers' "
                             "cosine_with_min_lr); the others are transformers' schedules of the same name.")
-    optim.add_argument("--lr_warmup_steps", type=int, default=2500)
+    optim.add_argument("--lr_warmup_steps", type=int, default=2500,
+                       help="Steps of the linear learning-rate warm-up from 0.")
     optim.add_argument("--lr_min", type=float, default=1e-6, help="Floor of the cosine decay.")
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.99)
-    optim.add_argument("--adam_weight_decay", type=float, default=0.01)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--use_ema", type=str2bool, default=True)
-    optim.add_argument("--ema_decay", type=float, default=0.9999)
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    optim.add_argument("--adam_beta2", type=float, default=0.99, help="AdamW beta2.")
+    optim.add_argument("--adam_weight_decay", type=float, default=0.01, help="AdamW weight decay.")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0,
+                       help="Clip the gradient norm to this value (0: no clipping).")
+    optim.add_argument("--use_ema", type=str2bool, default=True,
+                       help="Keep an EMA of the weights; validation and export use it.")
+    optim.add_argument("--ema_decay", type=float, default=0.9999,
+                       help="Constant EMA decay, from the first step (the paper: 0.9999).")
     optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
-                       help="Default: the accelerate config. The paper trained with bf16.")
-    optim.add_argument("--allow_tf32", type=str2bool, default=False)
+                       help="Given here on the command line it wins; otherwise what `accelerate launch` passes on "
+                            "(its --mixed_precision or config file) or accelerate's default config file wins over "
+                            "the value of --config; else no. The run logs which one set it. The paper: bf16.")
+    optim.add_argument("--allow_tf32", type=str2bool, default=False,
+                       help="Let CUDA matmuls and convolutions use TF32 (faster on Ampere and later, less exact).")
     optim.add_argument("--flush_denormal", type=str2bool, default=True,
                        help="Flush denormal floats to zero in CPU ops: on CPU the zero-initialised adaLN layers "
                             "otherwise make the first hundreds of steps up to 20x slower.")
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--seed", type=int, default=42,
+                       help="Seeds the initial weights, the data order and every random draw of training.")
 
     run = parser.add_argument_group("checkpoints, validation and logging")
-    run.add_argument("--output_dir", type=str, default="outputs/cobit")
+    run.add_argument("--output_dir", type=str, default="outputs/cobit",
+                     help="Checkpoints, logs, samples, train_summary.json and the exported pipeline/.")
     run.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
-    run.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "all", "none"])
-    run.add_argument("--tracker_project_name", type=str, default="train_bitstream_diffusion")
-    run.add_argument("--logging_steps", type=int, default=10)
-    run.add_argument("--checkpointing_steps", type=int, default=5000)
-    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "all", "none"],
+                     help="Where metrics and validation texts go.")
+    run.add_argument("--tracker_project_name", type=str, default="train_bitstream_diffusion",
+                     help="Project name for the trackers (the wandb project).")
+    run.add_argument("--logging_steps", type=int, default=10,
+                     help="Log the training loss, lr and gradient norm every this many optimizer steps.")
+    run.add_argument("--checkpointing_steps", type=int, default=5000,
+                     help="Write checkpoint-N every this many optimizer steps (and at the end).")
+    run.add_argument("--checkpoints_total_limit", type=int, default=None,
+                     help="Keep only the newest this many checkpoints (default: all).")
     run.add_argument("--resume_from_checkpoint", type=str, default=None,
-                     help='A checkpoint folder, or "latest" for the newest complete one in --output_dir.')
-    run.add_argument("--validation_steps", type=int, default=5000)
+                     help='A checkpoint folder, or "latest" for the newest complete one in --output_dir. The folder '
+                          "is checked first (every file intact, no pickled objects, the RNG states readable).")
+    run.add_argument("--resume_without_rng_state", type=str2bool, default=False,
+                     help="Resume even when the checkpoint's RNG states are missing or unreadable (a loud warning: "
+                          "the run is then not bit-identical to an uninterrupted one). By default that is an error.")
+    run.add_argument("--validation_steps", type=int, default=5000,
+                     help="Validate (EMA loss and generated texts) every this many optimizer steps (and at the end).")
     run.add_argument("--validation_at_start", type=str2bool, default=True,
                      help="Validate the untrained model (step 0) too.")
     run.add_argument("--validation_batch_size", type=int, default=None, help="Default: --train_batch_size.")
-    run.add_argument("--max_validation_batches", type=int, default=None)
+    run.add_argument("--max_validation_batches", type=int, default=None,
+                     help="Cap the validation batches per process (default: all validation rows).")
     run.add_argument("--num_validation_samples", type=int, default=4, help="Texts generated at each validation.")
-    run.add_argument("--validation_inference_steps", type=int, default=128)
-    run.add_argument("--validation_gamma", type=float, default=0.0)
+    run.add_argument("--validation_inference_steps", type=int, default=128,
+                     help="Sampling steps of the texts generated at validation and after export.")
+    run.add_argument("--validation_gamma", type=float, default=0.0,
+                     help="Churn of the sampler for the validation texts.")
     run.add_argument("--export_dir", type=str, default=None, help="Default: <output_dir>/pipeline.")
     run.add_argument("--scheduler_gamma", type=float, default=None,
                      help="Churn stored in the exported scheduler; default: the paper's 0.2 at 256 NFE.")
     run.add_argument("--generate_after_export", type=int, default=0,
                      help="Load the exported folder with from_pretrained and print this many generated texts.")
-    run.add_argument("--push_to_hub", type=str2bool, default=False)
-    run.add_argument("--hub_model_id", type=str, default=None)
-    run.add_argument("--hub_token", type=str, default=None)
-    run.add_argument("--hub_private_repo", type=str2bool, default=False)
+    run.add_argument("--push_to_hub", type=str2bool, default=False,
+                     help="Upload the exported folder to the hub at the end.")
+    run.add_argument("--hub_model_id", type=str, default=None,
+                     help="The hub repository to push to (default: the name of --output_dir).")
+    run.add_argument("--hub_token", type=str, default=None,
+                     help="Hub token (default: the one of `hf auth login`); never saved with the run.")
+    run.add_argument("--hub_private_repo", type=str2bool, default=False,
+                     help="Create the hub repository as private.")
     run.add_argument("--debug_nan_loss_at_step", type=int, default=None,
                      help="Testing aid: make the loss NaN at this optimizer step (0-based) to exercise the stop.")
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with ``--config FILE`` as defaults; without a config and without data flags, the quickstart."""
+    """The flags, with ``--config FILE`` as defaults; without a config and without data flags, the quickstart.
+
+    ``args.mixed_precision`` is resolved here (``resolve_mixed_precision``: the flag on the command line, else
+    accelerate's setting, else the config file's) and ``args.mixed_precision_source`` says where it came from.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args_with_config(build_parser(), argv, default_config=DEFAULT_CONFIG,
-                                  default_config_unless=("dataset_name", "train_files"))
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv, default_config=DEFAULT_CONFIG, default_config_unless=DATA_FLAGS)
+    given = command_line_value(parser, argv, "mixed_precision")
+    args.mixed_precision, args.mixed_precision_source = resolve_mixed_precision(
+        given, None if given is not None else args.mixed_precision, config_file=args.config
+    )
     validate_args(args)
     return args
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    if args.dataset_name is None and not args.train_files:
-        raise ValueError("No training data: pass --dataset_name (e.g. builtin:wiki_summaries) or --train_files.")
-    if args.dataset_name is not None and args.train_files:
-        raise ValueError("Pass either --dataset_name or --train_files, not both.")
+    given = [f"--{name}" for name in DATA_FLAGS if getattr(args, name)]
+    if not given:
+        raise ValueError("No training data: pass --dataset_name (e.g. builtin:wiki_summaries), --train_files or "
+                         "--train_dataset_path.")
+    if len(given) > 1:
+        raise ValueError(f"Pass one of --dataset_name, --train_files and --train_dataset_path, not "
+                         f"{' and '.join(given)}.")
     if args.max_train_steps is None and args.num_train_epochs is None:
         raise ValueError("Set --max_train_steps (the paper: 1,000,000) or --num_train_epochs.")
     positive = ["train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "validation_steps",
@@ -253,26 +294,40 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def build_data(args, accelerator: Accelerator):
     """Tokenizers, codec and the (cached) train/validation row datasets."""
+    from bitstream_diffusion.training import reporting
+    from bitstream_diffusion.training.data import (
+        DataRecipe,
+        TextSource,
+        TokenRowsDataset,
+        build_codec,
+        load_code_tokenizer,
+        load_text_tokenizer,
+        prepare_token_rows,
+        split_train_validation,
+    )
+
     tokenizer = load_text_tokenizer(args.tokenizer_name_or_path)
     code_tokenizer = load_code_tokenizer(args.code_tokenizer_name_or_path)
     recipe = DataRecipe(args.data_recipe, num_tokens=args.num_tokens, bits_per_token=args.bits_per_token,
                         boundary=args.boundary_token, base_seq_len=args.owt_base_seq_len)
     codec = build_codec(recipe, tokenizer, code_tokenizer)  # a tokenizer too wide for bits_per_token fails here
 
-    def source(split: str, files: list[str] | None, name: str | None) -> TextSource:
-        return TextSource(dataset_name=name, dataset_config_name=args.dataset_config_name, split=split,
-                          data_files=files, text_column=args.text_column, sample_by=args.sample_by,
+    def source(split: str, files: list[str] | None, name: str | None, path: str | None = None) -> TextSource:
+        return TextSource(dataset_name=name, dataset_path=path, dataset_config_name=args.dataset_config_name,
+                          split=split, data_files=files, text_column=args.text_column, sample_by=args.sample_by,
                           streaming=args.streaming, max_documents=args.max_train_documents,
                           revision=args.dataset_revision)
 
-    train_source = source(args.dataset_split, args.train_files, args.dataset_name)
+    train_source = source(args.dataset_split, args.train_files, args.dataset_name, args.train_dataset_path)
     kwargs = dict(cache_dir=args.data_cache_dir, batch_size=args.preprocessing_batch_size,
-                  show_progress=accelerator.is_local_main_process)
+                  show_progress=accelerator.is_local_main_process and reporting.progress_bars_enabled())
     with accelerator.main_process_first():
         train_rows = prepare_token_rows(train_source, recipe, tokenizer, code_tokenizer, **kwargs)
         if args.validation_split is not None or args.validation_files:
+            own_files = bool(args.validation_files)
             val_source = source(args.validation_split or "train", args.validation_files,
-                                None if args.validation_files else args.dataset_name)
+                                None if own_files else args.dataset_name,
+                                None if own_files else args.train_dataset_path)
             val_source.max_documents = None
             val_rows = prepare_token_rows(val_source, recipe, tokenizer, code_tokenizer, **kwargs)
             train_range, val_range = (0, len(train_rows)), (0, len(val_rows))
@@ -297,6 +352,8 @@ def build_data(args, accelerator: Accelerator):
 
 
 def build_model_config(args, bits_per_token: int, num_tokens: int) -> SDTConfig:
+    from bitstream_diffusion import SDTConfig
+
     overrides = {name: getattr(args, name) for name in MODEL_OVERRIDE_FLAGS if getattr(args, name) is not None}
     overrides.update(bits_per_token=int(bits_per_token), max_position_embeddings=int(num_tokens))
     if args.model_config_name_or_path:
@@ -304,9 +361,42 @@ def build_model_config(args, bits_per_token: int, num_tokens: int) -> SDTConfig:
     return SDTConfig.from_preset(args.model_preset, **overrides)
 
 
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    # the heavy libraries load here, after the flags are parsed (--help never waits for them)
+    from datetime import timedelta
+
+    import torch
+    import yaml
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate.logging import get_logger
+    from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+    from transformers.utils.logging import tqdm
+
+    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
+    from bitstream_diffusion.training import (
+        EntropyRateEstimator,
+        ExponentialMovingAverage,
+        NonFiniteMonitor,
+        TrainingDivergedError,
+        TrainingSigmaSampler,
+        TrainingState,
+        accelerate_gather_fn,
+        bitstream_loss,
+        checkpointing,
+        export,
+        lognormal_fit,
+        lognormal_prior_tables,
+        noisy_batch,
+        reporting,
+        step_seed,
+        validation_loss,
+    )
+    from bitstream_diffusion.training.divergence import check_finite, check_finite_weights
+    from bitstream_diffusion.training.objective import TRAIN_STREAM
+    from bitstream_diffusion.utils.atomic_io import write_json_atomic, write_text_atomic
+
     started = time.time()
     if args.flush_denormal:  # before any thread pool starts: threads inherit the floating-point mode
         torch.set_flush_denormal(True)
@@ -326,7 +416,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=1800))],
     )
     reporting.configure_logging(accelerator)
+    logger = get_logger(__name__)
     logger.info(accelerator.state, main_process_only=False)
+    logger.info(f"Mixed precision: {accelerator.mixed_precision} (set by "
+                f"{getattr(args, 'mixed_precision_source', 'the caller')}).")
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -334,7 +427,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     repo_id = None
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointing.remove_stale_staging(output_dir)  # left by a run killed while saving a checkpoint
+        for note in checkpointing.recover_checkpoints(output_dir):  # after a run killed while saving or rotating
+            logger.warning(f"Checkpoints in {output_dir}: {note}.")
         flags = yaml.safe_dump(reporting.plain_args(args), sort_keys=True)
         write_text_atomic(output_dir / "training_config.yaml", flags)
         if args.push_to_hub:
@@ -342,6 +436,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
             repo_id = create_repo(repo_id=args.hub_model_id, exist_ok=True, token=args.hub_token,
                                   private=args.hub_private_repo).repo_id
+    accelerator.wait_for_everyone()
 
     # 1. data (prepared once, by the main process first; the others reuse the cache)
     tokenizer, code_tokenizer, codec, train_dataset, val_dataset = build_data(args, accelerator)
@@ -398,6 +493,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                      num_training_steps=max_train_steps)
     ema = ExponentialMovingAverage(model, decay=args.ema_decay) if args.use_ema else None
+    # saved as JSON and safetensors beside accelerate's files (never pickled)
     checkpointing.register_checkpoint_state(accelerator, lr_scheduler=lr_scheduler, estimator=estimator, ema=ema)
 
     if accelerator.is_main_process:
@@ -409,7 +505,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         logger.info(f"No checkpoint found for '{args.resume_from_checkpoint}' in {output_dir}; starting anew.")
     if resume_path is not None:
         logger.info(f"Resuming from {resume_path}")
-        state, last_checkpoint = checkpointing.load_checkpoint(accelerator, resume_path), str(resume_path)
+        state = checkpointing.load_checkpoint(accelerator, resume_path,
+                                              require_rng_state=not args.resume_without_rng_state)
+        try:
+            state.check_fits_run(max_train_steps=max_train_steps, batches_per_epoch=len(train_dataloader),
+                                 checkpoint_step=checkpointing.checkpoint_step(resume_path),
+                                 source=str(resume_path / checkpointing.TRAINING_STATE_FILE))
+        except ValueError as error:
+            raise checkpointing.CheckpointError(str(error)) from error
+        last_checkpoint = str(resume_path)
 
     world = accelerator.num_processes
     unwrapped = accelerator.unwrap_model(model)
@@ -426,25 +530,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     def run_validation(step: int) -> None:
         """EMA weights, eval mode: the loss on the validation rows (every process) and a few texts (main process;
-        not possible with sharded FSDP weights)."""
+        not possible with sharded FSDP weights). A NaN loss stops the run before a checkpoint is written."""
         texts: list[str] = []
         with ema.average_parameters(model) if ema is not None else contextlib.nullcontext():
             model.eval()
-            loss = validation_loss(
-                accelerator, model, val_dataloader, bits_per_token=bits_per_token,
-                reference_sampler=reference_sampler, seed=args.seed,
-                self_conditioning_prob=args.self_conditioning_prob, loss_type=args.loss_type,
-                weighting=args.loss_weighting, max_batches=args.max_validation_batches,
-                estimator=estimator if args.entropy_include_validation else None,
-            )
-            sampling = args.num_validation_samples > 0 and accelerator.distributed_type != DistributedType.FSDP
-            if sampling and accelerator.is_main_process:
-                pipe = export.build_pipeline(unwrapped, current_tables(), tokenizer, hf_code_tokenizer, codec,
-                                             gamma=args.validation_gamma, sigma_min=args.sigma_min,
-                                             sigma_max=args.sigma_max)
-                texts, _ = export.generate_texts(pipe, args.num_validation_samples, gamma=args.validation_gamma,
-                                                 num_inference_steps=args.validation_inference_steps, seed=args.seed)
-            model.train()
+            try:
+                loss = validation_loss(
+                    accelerator, model, val_dataloader, bits_per_token=bits_per_token,
+                    reference_sampler=reference_sampler, seed=args.seed,
+                    self_conditioning_prob=args.self_conditioning_prob, loss_type=args.loss_type,
+                    weighting=args.loss_weighting, max_batches=args.max_validation_batches,
+                    estimator=estimator if args.entropy_include_validation else None,
+                )
+                if not math.isfinite(loss):
+                    raise TrainingDivergedError.at("EMA validation loss", loss, state, last_checkpoint, step=step)
+                sampling = args.num_validation_samples > 0 and accelerator.distributed_type != DistributedType.FSDP
+                if sampling and accelerator.is_main_process:
+                    pipe = export.build_pipeline(unwrapped, current_tables(), tokenizer, hf_code_tokenizer, codec,
+                                                 gamma=args.validation_gamma, sigma_min=args.sigma_min,
+                                                 sigma_max=args.sigma_max)
+                    texts, _ = export.generate_texts(pipe, args.num_validation_samples, gamma=args.validation_gamma,
+                                                     num_inference_steps=args.validation_inference_steps,
+                                                     seed=args.seed)
+            finally:
+                model.train()
         state.validation_history.append({"step": step, "loss": loss})
         accelerator.log({"val/loss": loss, "entropy/buffer": len(estimator)}, step=step)
         if accelerator.is_main_process:
@@ -453,27 +562,32 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             logger.info(f"step {step}: EMA validation loss {loss:.4f}" + (f" | {texts[0][:120]!r}" if texts else ""))
         accelerator.wait_for_everyone()
 
-    if state.global_step == 0 and resume_path is None and args.validation_at_start:
-        run_validation(0)
+    def weights_and_shadows():
+        return itertools.chain(model.parameters(), ema.shadow.values() if ema is not None else ())
 
     # 3. the training loop
-    bar = tqdm(total=max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process,
-               desc="Steps")
+    bar = tqdm(total=max_train_steps, initial=state.global_step, desc="Steps",
+               disable=not (accelerator.is_local_main_process and reporting.progress_bars_enabled()))
     running_loss, running_count = 0.0, 0
     generator = torch.Generator(device=accelerator.device)
     grad_norm = torch.tensor(float("nan"))
     gather_check: dict[str, Any] = {}
     try:
+        if state.global_step == 0 and resume_path is None and args.validation_at_start:
+            run_validation(0)
         for ids in checkpointing.resumable_batches(accelerator, train_dataloader, state, max_train_steps):
             step = state.global_step
             generator.manual_seed(step_seed(args.seed, TRAIN_STREAM, accelerator.process_index, state.micro_batches))
             with accelerator.accumulate(model):
+                # a NaN or an inf in the model input, the self-conditioning estimate or the loss stops every rank here
+                monitor = NonFiniteMonitor()
                 x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=sigma_sampler,
                                                 step=step, tables=estimator.tables, generator=generator,
-                                                self_conditioning_prob=args.self_conditioning_prob)
+                                                self_conditioning_prob=args.self_conditioning_prob, monitor=monitor)
                 if args.debug_nan_loss_at_step is not None and step == args.debug_nan_loss_at_step:
                     logits = logits * float("nan")
-                check_finite_logits(logits, accelerator, state, last_checkpoint)  # every rank stops together
+                monitor.observe("loss", logits)
+                monitor.check(accelerator, state, last_checkpoint)
                 loss, mse = bitstream_loss(logits, x0, sigma, loss_type=args.loss_type, weighting=args.loss_weighting)
                 check_finite("loss", loss, state, last_checkpoint)
                 accelerator.backward(loss)
@@ -518,6 +632,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if global_step % args.validation_steps == 0 or global_step == max_train_steps:
                 run_validation(global_step)
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                check_finite_weights(weights_and_shadows(), accelerator, state, last_checkpoint)  # only good ones
                 saved = checkpointing.save_checkpoint(accelerator, output_dir, state, args.checkpoints_total_limit)
                 last_checkpoint = str(saved)
     except TrainingDivergedError as error:
@@ -574,9 +689,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
+
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: parse the flags (``--help`` exits here, before torch loads), train, and turn the errors a
+    user can act on (divergence, an unusable checkpoint, a full disk, no text) into a message and exit code 1."""
+    args = parse_args(argv)
+    from bitstream_diffusion.training import CheckpointError, EmptyCorpusError, TrainingDivergedError
+
     try:
-        main(parse_args())
-    except TrainingDivergedError as error:
+        main(args)
+    except (TrainingDivergedError, CheckpointError, EmptyCorpusError) as error:
         print(f"\nERROR: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

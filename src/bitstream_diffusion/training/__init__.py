@@ -21,44 +21,66 @@ process), :mod:`.config_file` (YAML configs for flags), :mod:`.reporting` (logs,
 (the pipeline folder; imported on use, it loads diffusers), and :mod:`.data`: the LM1B, OWT and generic recipes that
 turn text into cached token rows (``prepare_token_rows(TextSource(...), DataRecipe(...), tokenizer)``) and
 ``train_code_tokenizer`` for OWT.
+
+Importing the package is cheap: every name below loads its module on first access, so a command line that only
+parses its flags (the training script's ``--help``) does not load torch.
 """
 
-from .checkpointing import TrainingState
-from .config_file import load_config_file, parse_args_with_config, str2bool
-from .data import (
-    DataRecipe,
-    EmptyCorpusError,
-    EpochShuffleSampler,
-    TextSource,
-    TokenRows,
-    TokenRowsDataset,
-    build_codec,
-    prepare_token_rows,
-    train_code_tokenizer,
-)
-from .distributed import GatherFn, accelerate_gather_fn, gather_across_ranks
-from .divergence import TrainingDivergedError, check_finite, check_finite_logits, nonfinite_logits
-from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
-from .entropy_tables import (
-    TABLE_NAMES,
-    check_entropy_tables,
-    edges_from_midpoints,
-    load_entropy_tables,
-    lognormal_prior_tables,
-    save_entropy_tables,
-    tables_from_config,
-    tables_to_config,
-)
-from .loss import LossType, LossWeighting, bitstream_loss, loss_weight
-from .objective import noisy_batch, per_example_loss, step_seed, validation_loss
-from .optim import ExponentialMovingAverage
-from .self_conditioning import Denoiser, self_conditioning_estimate
-from .sigma_sampling import (
-    TrainingSigmaSampler,
-    entropy_mixing_weight,
-    sample_lognormal_sigma,
-    sample_sigma_from_tables,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY_ATTRIBUTES: dict[str, str] = {
+    "CheckpointError": "checkpoint_files",
+    "TrainingState": "checkpointing",
+    "load_config_file": "config_file",
+    "parse_args_with_config": "config_file",
+    "str2bool": "config_file",
+    "DataRecipe": "data",
+    "EmptyCorpusError": "data",
+    "EpochShuffleSampler": "data",
+    "TextSource": "data",
+    "TokenRows": "data",
+    "TokenRowsDataset": "data",
+    "build_codec": "data",
+    "prepare_token_rows": "data",
+    "train_code_tokenizer": "data",
+    "GatherFn": "distributed",
+    "accelerate_gather_fn": "distributed",
+    "gather_across_ranks": "distributed",
+    "NonFiniteMonitor": "divergence",
+    "TrainingDivergedError": "divergence",
+    "check_finite": "divergence",
+    "check_finite_logits": "divergence",
+    "nonfinite_logits": "divergence",
+    "EntropyRateEstimator": "entropy_rate",
+    "EntropyTarget": "entropy_rate",
+    "lognormal_fit": "entropy_rate",
+    "TABLE_NAMES": "entropy_tables",
+    "check_entropy_tables": "entropy_tables",
+    "edges_from_midpoints": "entropy_tables",
+    "load_entropy_tables": "entropy_tables",
+    "lognormal_prior_tables": "entropy_tables",
+    "save_entropy_tables": "entropy_tables",
+    "tables_from_config": "entropy_tables",
+    "tables_to_config": "entropy_tables",
+    "LossType": "loss",
+    "LossWeighting": "loss",
+    "bitstream_loss": "loss",
+    "loss_weight": "loss",
+    "noisy_batch": "objective",
+    "per_example_loss": "objective",
+    "step_seed": "objective",
+    "validation_loss": "objective",
+    "ExponentialMovingAverage": "optim",
+    "Denoiser": "self_conditioning",
+    "self_conditioning_estimate": "self_conditioning",
+    "TrainingSigmaSampler": "sigma_sampling",
+    "entropy_mixing_weight": "sigma_sampling",
+    "sample_lognormal_sigma": "sigma_sampling",
+    "sample_sigma_from_tables": "sigma_sampling",
+}
 
 __all__ = [
     "TABLE_NAMES",
@@ -71,6 +93,7 @@ __all__ = [
     "build_codec",
     "prepare_token_rows",
     "train_code_tokenizer",
+    "CheckpointError",
     "Denoiser",
     "EntropyRateEstimator",
     "EntropyTarget",
@@ -78,6 +101,7 @@ __all__ = [
     "GatherFn",
     "LossType",
     "LossWeighting",
+    "NonFiniteMonitor",
     "TrainingDivergedError",
     "TrainingSigmaSampler",
     "TrainingState",
@@ -108,3 +132,60 @@ __all__ = [
     "tables_to_config",
     "validation_loss",
 ]
+
+if TYPE_CHECKING:
+    from .checkpoint_files import CheckpointError
+    from .checkpointing import TrainingState
+    from .config_file import load_config_file, parse_args_with_config, str2bool
+    from .data import (
+        DataRecipe,
+        EmptyCorpusError,
+        EpochShuffleSampler,
+        TextSource,
+        TokenRows,
+        TokenRowsDataset,
+        build_codec,
+        prepare_token_rows,
+        train_code_tokenizer,
+    )
+    from .distributed import GatherFn, accelerate_gather_fn, gather_across_ranks
+    from .divergence import (
+        NonFiniteMonitor,
+        TrainingDivergedError,
+        check_finite,
+        check_finite_logits,
+        nonfinite_logits,
+    )
+    from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
+    from .entropy_tables import (
+        TABLE_NAMES,
+        check_entropy_tables,
+        edges_from_midpoints,
+        load_entropy_tables,
+        lognormal_prior_tables,
+        save_entropy_tables,
+        tables_from_config,
+        tables_to_config,
+    )
+    from .loss import LossType, LossWeighting, bitstream_loss, loss_weight
+    from .objective import noisy_batch, per_example_loss, step_seed, validation_loss
+    from .optim import ExponentialMovingAverage
+    from .self_conditioning import Denoiser, self_conditioning_estimate
+    from .sigma_sampling import (
+        TrainingSigmaSampler,
+        entropy_mixing_weight,
+        sample_lognormal_sigma,
+        sample_sigma_from_tables,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRIBUTES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))

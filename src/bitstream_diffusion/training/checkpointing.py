@@ -1,40 +1,69 @@
-"""Training checkpoints: the ``checkpoint-N`` folders of an output directory and the training-state file in them.
+"""Training checkpoints: the ``checkpoint-N`` folders of an output directory, how they are written, rotated, recovered
+after a kill and resumed from.
 
 Layout of ``output_dir``::
 
-    checkpoint-N/           a complete checkpoint after N optimizer steps: accelerate's files (model, optimizer,
-                            RNG states, the objects of register_checkpoint_state) + training_state.json
-    .checkpoint-N.tmp/      a checkpoint being written; only a run killed while saving leaves one behind, and the
-                            next run removes it (remove_stale_staging)
+    checkpoint-N/              a complete checkpoint after N optimizer steps: accelerate's files (model.safetensors,
+                               optimizer.bin, random_states_{rank}.pkl), ours (lr_scheduler.json,
+                               entropy_estimator.safetensors, ema.safetensors, training_state.json) and, last,
+                               checkpoint_manifest.json (sizes and SHA-256 of all of them)
+    .checkpoint-N.tmp/         a checkpoint being written
+    .checkpoint-N.deleting/    a checkpoint being deleted (rotation renames it here first)
 
-Saving (:func:`save_checkpoint`): every process writes into the hidden staging folder with
-``accelerator.save_state``; the main process writes the training-state file last, renames the folder to
-``checkpoint-N`` and deletes the checkpoints beyond the limit. A folder counts as a checkpoint only when it is named
-``checkpoint-N`` and holds the training-state file (:func:`is_complete_checkpoint`), so a reader never takes a
-half-written one for ``latest``.
+A folder named ``checkpoint-N`` is always complete: it gets that name by one rename, after its manifest was written,
+and it loses it by one rename before anything in it is deleted. ``latest`` is the newest complete one. A run killed
+at any point leaves at most a hidden folder behind; at start-up :func:`recover_checkpoints` finishes an interrupted
+save whose folder was complete (so the newest complete state is never deleted) and removes the rest.
 
-Each decision sits in one function, so that a stricter policy changes one place: what counts as complete
-(:func:`is_complete_checkpoint`), what a valid training state is (:meth:`TrainingState.from_dict`), how our objects
-are saved and loaded (:func:`register_checkpoint_state`, :func:`load_checkpoint`), how an old checkpoint is removed
-(:func:`remove_checkpoint`).
+Saving (:func:`save_checkpoint`): every process writes into the staging folder with ``accelerator.save_state`` (our
+objects through the hooks of :func:`register_checkpoint_state`, as JSON and safetensors, never pickle); the main
+process then writes the training state and the manifest, renames the folder into place and rotates. A failed write
+(a full disk) publishes nothing, removes the staging folder and says so.
+
+Resuming (:func:`load_checkpoint`): :func:`~.checkpoint_files.verify_checkpoint` checks the folder first (no pickled
+objects, every file present, intact, finite and readable, the RNG states restorable), and an error names the file and
+an older checkpoint to resume from instead.
+
+Each decision sits in one function: what counts as complete (:func:`is_complete_checkpoint`), what a valid training
+state is (:meth:`TrainingState.from_dict`), how our objects are saved and loaded (:func:`register_checkpoint_state`),
+how a checkpoint is published (:func:`_publish`) and removed (:func:`remove_checkpoint`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 
-from ..utils.atomic_io import replace_directory, write_json_atomic
+from .checkpoint_files import (
+    EMA_FILE,
+    ESTIMATOR_FILE,
+    LR_SCHEDULER_FILE,
+    MANIFEST_FILE,
+    CheckpointError,
+    RNGStateError,
+    describe_write_error,
+    filesystem_step,
+    incompleteness,
+    is_complete,
+    load_ema,
+    load_estimator,
+    load_lr_scheduler,
+    read_manifest,
+    refuse_pickled_objects,
+    save_ema,
+    save_estimator,
+    save_lr_scheduler,
+    sharded_ema_file,
+    verify_checkpoint,
+    write_manifest,
+)
+from .training_state import TRAINING_STATE_FILE, TrainingState
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -44,11 +73,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "MANIFEST_FILE",
     "TRAINING_STATE_FILE",
+    "CheckpointError",
+    "RNGStateError",
     "TrainingState",
+    "checkpoint_step",
     "is_complete_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "recover_checkpoints",
     "register_checkpoint_state",
     "register_sharded_ema",
     "remove_checkpoint",
@@ -59,64 +93,11 @@ __all__ = [
     "save_checkpoint",
 ]
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
-TRAINING_STATE_FILE = "training_state.json"
 _STAGING_SUFFIX = ".tmp"
-
-
-@dataclass
-class TrainingState:
-    """Where a run stands: what a resumed run needs beyond accelerate's files to continue at the exact next batch.
-
-    Attributes:
-        global_step: optimizer steps done.
-        epoch: the current epoch (0-based).
-        batches_in_epoch: micro-batches of ``epoch`` already consumed (a resumed run skips them).
-        micro_batches: micro-batches done in total (the per-micro-batch random seeds are indexed by it).
-        tokens_seen: training tokens consumed, all processes together.
-        validation_history: ``[{"step": int, "loss": float}, ...]``, one entry per validation.
-    """
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    micro_batches: int = 0
-    tokens_seen: int = 0
-    validation_history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, *, source: str = "the training state") -> TrainingState:
-        """Build the state from its JSON form; a missing or unknown field is an error naming ``source``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing, unknown = sorted(set(names) - set(data)), sorted(set(data) - set(names))
-        if missing or unknown:
-            raise ValueError(
-                f"{source} is not a training state of this script (missing fields {missing}, unknown fields "
-                f"{unknown}). Resume from another checkpoint with --resume_from_checkpoint checkpoint-N."
-            )
-        return cls(**{name: data[name] for name in names})
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainingState:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(
-                f"Cannot read the training state {path} ({error}). Resume from another checkpoint with "
-                "--resume_from_checkpoint checkpoint-N."
-            ) from error
-        return cls.from_dict(data, source=str(path))
+_RETIRED_SUFFIX = ".deleting"
 
 
 def resumable_batches(
@@ -144,15 +125,26 @@ def resumable_batches(
                 return
 
 
-def _step_of(path: Path) -> int | None:
+# ----------------------------------------------------------------------------------------------------------------------
+# Folders
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
     """N for a folder named ``checkpoint-N``, else ``None``."""
-    suffix = path.name[len(CHECKPOINT_PREFIX) :]
-    return int(suffix) if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+    name = Path(path).name
+    suffix = name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+def _hidden(final: Path, suffix: str) -> Path:
+    return final.with_name(f".{final.name}{suffix}")
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """A folder is a complete checkpoint when its training-state file (written last) is there."""
-    return (Path(path) / TRAINING_STATE_FILE).is_file()
+    """A folder is a complete checkpoint when its manifest (written last) is there and lists files that all are,
+    with their sizes (:func:`~.checkpoint_files.is_complete`; the checksums are checked before resuming)."""
+    return is_complete(path)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -162,7 +154,7 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in output_dir.iterdir():
-        step = _step_of(path)
+        step = checkpoint_step(path)
         if step is not None and path.is_dir() and is_complete_checkpoint(path):
             found.append((step, path))
     return sorted(found)
@@ -173,34 +165,89 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) 
 
     Args:
         value: ``None``/empty (no resume), ``"latest"`` (the newest complete checkpoint in ``output_dir``, ``None``
-            when there is none), or a folder, absolute or relative to the working directory or to ``output_dir``.
+            when there is no checkpoint folder at all; newer ``checkpoint-N`` folders that are not complete, i.e.
+            damaged, are skipped with a warning that names the missing or cut file), or a folder, absolute or
+            relative to the working directory or to ``output_dir`` (checked by :func:`load_checkpoint`).
 
     Raises:
-        FileNotFoundError: a named folder that is not a complete checkpoint.
+        FileNotFoundError: a named folder that does not exist.
+        CheckpointError: ``"latest"`` where ``checkpoint-N`` folders exist but none is complete.
     """
     if not value:
         return None
     output_dir = Path(output_dir)
     if value == "latest":
         checkpoints = list_checkpoints(output_dir)
+        newest = checkpoints[-1][0] if checkpoints else -1
+        newer = sorted((checkpoint_step(p), p) for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                       if p.is_dir() and checkpoint_step(p) is not None and checkpoint_step(p) > newest)
+        skipped = {p.name: incompleteness(p) for _, p in newer}
+        if skipped and not checkpoints:
+            raise CheckpointError(
+                f"{output_dir} holds {', '.join(skipped)} but no complete checkpoint ("
+                + "; ".join(f"{name}: {why}" for name, why in skipped.items())
+                + "): damaged, or written by an older version of this script. Start anew in another --output_dir."
+            )
+        for name, why in skipped.items():
+            logger.warning(f"WARNING: {output_dir / name} is not a complete checkpoint ({why}): skipped. Resuming from "
+                           f"{checkpoints[-1][1].name}, the newest complete one (or pass another with "
+                           "--resume_from_checkpoint).")
         return checkpoints[-1][1] if checkpoints else None
     path = Path(value)
     if not path.exists() and (output_dir / value).exists():
         path = output_dir / value
-    if not is_complete_checkpoint(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINING_STATE_FILE}).")
+    if not path.is_dir():
+        raise FileNotFoundError(f"Checkpoint folder {path} not found (--resume_from_checkpoint {value}).")
     return path
 
 
-def remove_stale_staging(output_dir: str | os.PathLike) -> None:
-    """Delete the staging folders a run killed while saving left behind (main process, before training)."""
-    for stale in Path(output_dir).glob(f".{CHECKPOINT_PREFIX}*{_STAGING_SUFFIX}"):
-        shutil.rmtree(stale, ignore_errors=True)
+def _remove_tree(path: Path, description: str) -> None:
+    filesystem_step(description)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename inside ``path`` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename the complete folder ``staging`` to ``final``. An existing ``final`` (the same step saved again) is first
+    renamed out of the way; if a kill comes in between, :func:`recover_checkpoints` finishes the job from the complete
+    staging folder, so the old one is never needed back."""
+    retired = _hidden(final, _RETIRED_SUFFIX)
+    if final.exists():
+        if retired.exists():
+            _remove_tree(retired, f"delete the leftover {retired.name}")
+        filesystem_step(f"rename the existing {final.name} to {retired.name}")
+        os.replace(final, retired)
+    filesystem_step(f"rename {staging.name} to {final.name}")
+    os.replace(staging, final)
+    _fsync_directory(final.parent)
+    if retired.exists():
+        _remove_tree(retired, f"delete {retired.name}")
 
 
 def remove_checkpoint(path: str | os.PathLike) -> None:
-    """Delete one checkpoint folder (rotation)."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete one checkpoint folder: first renamed to a hidden name (one atomic step: it is no longer a checkpoint),
+    then deleted, so a kill never leaves a half-deleted ``checkpoint-N``."""
+    path = Path(path)
+    retired = _hidden(path, _RETIRED_SUFFIX)
+    if retired.exists():
+        _remove_tree(retired, f"delete the leftover {retired.name}")
+    filesystem_step(f"rename {path.name} to {retired.name}")
+    os.replace(path, retired)
+    _fsync_directory(path.parent)
+    _remove_tree(retired, f"delete {retired.name}")
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None, *, keep: Path) -> None:
@@ -212,72 +259,221 @@ def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None, *
             remove_checkpoint(old)
 
 
+def recover_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """Clean up after a run killed while saving or rotating (main process, before training); returns what was done.
+
+    * ``.checkpoint-N.tmp`` that is complete (killed after its manifest, before or during the rename): published as
+      ``checkpoint-N``, the save finished. An incomplete one is deleted.
+    * ``.checkpoint-N.deleting``: deleted, unless no complete checkpoint of step N or later exists (then it is the
+      newest complete state and gets its name back).
+    """
+    output_dir = Path(output_dir)
+    done: list[str] = []
+    if not output_dir.is_dir():
+        return done
+    for staging in sorted(output_dir.glob(f".{CHECKPOINT_PREFIX}*{_STAGING_SUFFIX}")):
+        final = output_dir / staging.name[1 : -len(_STAGING_SUFFIX)]
+        step = checkpoint_step(final)
+        manifest = read_manifest(staging) if step is not None else None
+        if manifest is not None and manifest["global_step"] == step and is_complete(staging):
+            _publish(staging, final)
+            done.append(f"finished the interrupted save of {final.name} (its files were complete)")
+        else:
+            _remove_tree(staging, f"delete the incomplete {staging.name}")
+            done.append(f"removed {staging.name}, left incomplete by an interrupted save")
+    for retired in sorted(output_dir.glob(f".{CHECKPOINT_PREFIX}*{_RETIRED_SUFFIX}")):
+        final = output_dir / retired.name[1 : -len(_RETIRED_SUFFIX)]
+        step = checkpoint_step(final)
+        newer = [s for s, _ in list_checkpoints(output_dir) if step is not None and s >= step]
+        if step is not None and not newer and not final.exists() and is_complete(retired):
+            filesystem_step(f"rename {retired.name} back to {final.name}")
+            os.replace(retired, final)
+            done.append(f"restored {final.name}: it was being deleted but is the newest complete checkpoint")
+        else:
+            _remove_tree(retired, f"delete {retired.name}")
+            done.append(f"finished deleting {retired.name}")
+    return done
+
+
+def remove_stale_staging(output_dir: str | os.PathLike) -> None:
+    """The former name of :func:`recover_checkpoints` (it no longer deletes a complete interrupted save)."""
+    recover_checkpoints(output_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving and loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _agree(accelerator: Accelerator, error: BaseException | None) -> None:
+    """Raise on every process when ``error`` happened on any (so that no process waits forever for the others)."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        messages = gather_object([None if error is None else str(error)])
+        if error is None:
+            failed = [m for m in messages if m]
+            if failed:
+                raise CheckpointError(f"Another process failed: {failed[0]}")
+    if error is not None:
+        raise error
+
+
+def _older_checkpoint_hint(path: Path) -> str:
+    step = checkpoint_step(path)
+    others = [(s, p) for s, p in list_checkpoints(path.parent) if p.resolve() != path.resolve()]
+    older = [(s, p) for s, p in others if step is None or s < step] or others
+    if older:
+        return (f"Resume from an older complete checkpoint instead: --resume_from_checkpoint {older[-1][1].name} "
+                f"(in {path.parent}).")
+    return (f"No other complete checkpoint is in {path.parent}: start the run anew without --resume_from_checkpoint "
+            "(move this folder away first).")
+
+
 def save_checkpoint(
     accelerator: Accelerator, output_dir: str | os.PathLike, state: TrainingState, total_limit: int | None
 ) -> Path:
     """Write ``checkpoint-{state.global_step}`` (all processes call this) and return its path.
 
-    ``accelerator.save_state`` fills the staging folder on every process; the main process then writes the training
-    state, publishes the folder under its final name (replacing an older one of the same step only once the new one
-    is complete) and rotates.
+    Raises:
+        CheckpointError: a write failed (e.g. the disk is full): nothing was published, the staging folder is removed
+            and the earlier checkpoints are intact; the message says what happened and where.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-    staging = output_dir / f".{final.name}{_STAGING_SUFFIX}"  # the same path on every process
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = _hidden(final, _STAGING_SUFFIX)  # the same path on every process
+    main = accelerator.is_main_process
+    previous = [p.name for _, p in list_checkpoints(output_dir)] if main else []
+    intact = (f"the earlier checkpoints ({', '.join(previous)}) are intact." if previous
+              else "no earlier checkpoint exists.")
+
+    def failed(error: BaseException) -> CheckpointError:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)  # frees the space the partial save took
+        return CheckpointError(describe_write_error(error, what=final.name, where=staging, intact=intact))
+
+    error: BaseException | None = None
+    if main and staging.exists():
+        _remove_tree(staging, f"delete the stale {staging.name}")
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state.save(staging / TRAINING_STATE_FILE)
-        replace_directory(staging, final)
+    try:
+        if main:
+            filesystem_step(f"accelerate.save_state into {staging.name}")
+        accelerator.save_state(str(staging))
+    except OSError as caught:
+        error = caught
+    _agree(accelerator, None if error is None else failed(error))
+    if main:
+        try:
+            filesystem_step(f"write {TRAINING_STATE_FILE}")
+            state.save(staging / TRAINING_STATE_FILE)
+            filesystem_step(f"write {MANIFEST_FILE}")
+            write_manifest(staging, state.global_step)  # last: from here on the folder is complete
+            _publish(staging, final)
+        except OSError as caught:
+            error = failed(caught)
+    _agree(accelerator, error)
+    if main:
         rotate_checkpoints(output_dir, total_limit, keep=final)
         logger.info(f"Saved {final}")
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> TrainingState:
-    """Restore accelerate's state (model, optimizer, RNG, registered objects) from ``path`` and return the training
-    state saved with it."""
-    accelerator.load_state(str(path))
-    return TrainingState.load(Path(path) / TRAINING_STATE_FILE)
+def load_checkpoint(
+    accelerator: Accelerator, path: str | os.PathLike, *, require_rng_state: bool = True
+) -> TrainingState:
+    """Check ``path`` (main process), restore accelerate's state (model, optimizer, RNG) and our objects, and return
+    the training state saved with it.
+
+    Args:
+        require_rng_state: ``False`` resumes even when the RNG states cannot be restored (with a loud warning: the run
+            is then not bit-identical to an uninterrupted one).
+
+    Raises:
+        CheckpointError: the folder fails :func:`~.checkpoint_files.verify_checkpoint` or cannot be loaded; the
+            message names the file and an older complete checkpoint to resume from.
+    """
+    path = Path(path)
+    hint = _older_checkpoint_hint(path)
+    error: BaseException | None = None
+    warnings: list[str] = []
+    if accelerator.is_main_process:
+        try:
+            warnings = verify_checkpoint(path, num_processes=accelerator.num_processes,
+                                         require_rng_state=require_rng_state, hint=hint)
+        except CheckpointError as caught:
+            error = caught
+    _agree(accelerator, error)
+    for warning in warnings:
+        logger.warning(f"WARNING: {warning}")
+    try:
+        accelerator.load_state(str(path))
+    except CheckpointError as caught:
+        raise CheckpointError(f"{caught} {hint}") from caught
+    except Exception as caught:  # accelerate's and torch's own errors, e.g. a weight of the wrong shape
+        raise CheckpointError(f"Cannot load {path} ({type(caught).__name__}: {caught}). {hint}") from caught
+    try:
+        state = TrainingState.load(path / TRAINING_STATE_FILE)
+    except ValueError as caught:
+        raise CheckpointError(f"{caught} {hint}") from caught
+    step = checkpoint_step(path)
+    if step is not None and state.global_step != step:
+        raise CheckpointError(f"{path / TRAINING_STATE_FILE}: field 'global_step' is {state.global_step}, but the "
+                              f"folder is {path.name}: it was renamed or its files swapped. {hint}")
+    return state
 
 
 def register_checkpoint_state(
     accelerator: Accelerator, *, lr_scheduler: Any, estimator: Any, ema: ExponentialMovingAverage | None
 ) -> None:
-    """Make ``save_checkpoint``/``load_checkpoint`` carry the objects accelerate does not know about.
+    """Make ``save_checkpoint``/``load_checkpoint`` (and ``accelerator.save_state``/``load_state``) carry the objects
+    accelerate does not know about, as files of our own beside accelerate's.
 
-    The LR scheduler, the entropy-rate estimator (buffer and tables included) and the EMA are registered with
-    ``accelerator.register_for_checkpointing``, in this order (``custom_checkpoint_0/1/2.pkl``). Under FSDP the EMA
-    shadows this rank's parameter shards, so every rank keeps its own file instead (:func:`register_sharded_ema`).
+    The LR scheduler (``lr_scheduler.json``), the entropy-rate estimator with its buffer and table
+    (``entropy_estimator.safetensors``) and the EMA (``ema.safetensors``; under FSDP every rank keeps the shadows of
+    its own shards, :func:`register_sharded_ema`) are written by accelerate's save-state hook and read by its
+    load-state hook. ``register_for_checkpointing`` is not used: it pickles, and its loader unpickles with
+    ``weights_only=False``. The load hook refuses a folder holding ``custom_checkpoint_*.pkl``.
     """
-    objects = [lr_scheduler, estimator]
-    if ema is not None and accelerator.distributed_type == DistributedType.FSDP:
+    sharded_ema = ema is not None and accelerator.distributed_type == DistributedType.FSDP
+
+    def save_hook(models, weights, output_dir):
+        if not accelerator.is_main_process:
+            return
+        output_dir = Path(output_dir)
+        filesystem_step(f"write {LR_SCHEDULER_FILE}")
+        save_lr_scheduler(lr_scheduler, output_dir / LR_SCHEDULER_FILE)
+        filesystem_step(f"write {ESTIMATOR_FILE}")
+        save_estimator(estimator, output_dir / ESTIMATOR_FILE)
+        if ema is not None and not sharded_ema:
+            filesystem_step(f"write {EMA_FILE}")
+            save_ema(ema, output_dir / EMA_FILE)
+
+    def load_hook(models, input_dir):
+        input_dir = Path(input_dir)
+        refuse_pickled_objects(input_dir)
+        load_lr_scheduler(lr_scheduler, input_dir / LR_SCHEDULER_FILE)
+        load_estimator(estimator, input_dir / ESTIMATOR_FILE)
+        if ema is not None and not sharded_ema:
+            load_ema(ema, input_dir / EMA_FILE)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    if sharded_ema:
         register_sharded_ema(accelerator, ema)
-    elif ema is not None:
-        objects.append(ema)
-    accelerator.register_for_checkpointing(*objects)
 
 
 def register_sharded_ema(accelerator: Accelerator, ema: ExponentialMovingAverage) -> None:
-    """FSDP: each rank saves and loads the EMA of its own parameter shards (``ema_rank{N}.pt`` in the checkpoint);
-    ``register_for_checkpointing`` would keep only the main process's shards."""
-
-    def local(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    """FSDP: each rank saves and loads the EMA of its own parameter shards (``ema_rank{N}.safetensors``); a single
+    file would keep only the main process's shards."""
+    name = sharded_ema_file(accelerator.process_index)
 
     def save_hook(models, weights, output_dir):
-        state = {"decay": ema.decay, "shadow": {k: local(v).detach().cpu() for k, v in ema.shadow.items()}}
-        torch.save(state, os.path.join(output_dir, f"ema_rank{accelerator.process_index}.pt"))
+        save_ema(ema, Path(output_dir) / name)
 
     def load_hook(models, input_dir):
-        state = torch.load(os.path.join(input_dir, f"ema_rank{accelerator.process_index}.pt"), weights_only=True)
-        ema.decay = float(state["decay"])
-        for name, tensor in state["shadow"].items():
-            local(ema.shadow[name]).copy_(tensor)
+        load_ema(ema, Path(input_dir) / name)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

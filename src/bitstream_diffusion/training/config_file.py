@@ -6,6 +6,11 @@ convert the command-line string (YAML reads ``3e-4`` as a string and ``1e6`` as 
 on the command line still overrides it. An unknown key is an error that names the closest valid flag and lists all of
 them.
 
+One setting has a third source: accelerate. :func:`resolve_mixed_precision` gives the precision of a run by this
+precedence: the script's ``--mixed_precision`` on the command line; else what ``accelerate launch`` passes on
+(``ACCELERATE_MIXED_PRECISION``, from its ``--mixed_precision`` or its config file) or, without the launcher,
+accelerate's default config file; else the config file's value; else ``"no"``.
+
     parser = argparse.ArgumentParser(); parser.add_argument("--config"); ...
     args = parse_args_with_config(parser, sys.argv[1:], default_config="configs/quickstart.yaml",
                                   default_config_unless=("dataset_name", "train_files"))
@@ -16,14 +21,23 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["load_config_file", "parse_args_with_config", "str2bool"]
+__all__ = [
+    "MIXED_PRECISION_ENV",
+    "accelerate_config_file",
+    "command_line_value",
+    "load_config_file",
+    "parse_args_with_config",
+    "resolve_mixed_precision",
+    "str2bool",
+]
 
+MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"  # set by `accelerate launch` from its flag or its config file
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
 
@@ -131,3 +145,70 @@ def parse_args_with_config(
     args = parser.parse_args(list(argv))
     args.config = config_path
     return args
+
+
+def command_line_value(parser: argparse.ArgumentParser, argv: Sequence[str], dest: str) -> Any:
+    """The raw value of flag ``dest`` when it is given on the command line ``argv`` itself (not through a config
+    file or a default), else ``None``."""
+    action = _flag_actions(parser)[dest]
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument(*action.option_strings, dest=dest, nargs=action.nargs, default=None)
+    known, _ = probe.parse_known_args(list(argv))
+    return getattr(known, dest)
+
+
+def accelerate_config_file() -> Path:
+    """accelerate's default config file (what ``accelerate config`` writes): ``$HF_HOME/accelerate/
+    default_config.yaml``, with ``HF_HOME`` defaulting to ``$XDG_CACHE_HOME/huggingface`` (``~/.cache/huggingface``),
+    read at call time."""
+    home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    folder = Path(os.path.expanduser(home)) / "accelerate"
+    yaml_file, json_file = folder / "default_config.yaml", folder / "default_config.json"
+    return json_file if json_file.is_file() and not yaml_file.is_file() else yaml_file
+
+
+def _accelerate_file_value(path: Path, key: str) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML also reads the JSON variant
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded.get(key) if isinstance(loaded, dict) else None
+
+
+def resolve_mixed_precision(
+    command_line: str | None,
+    config_value: str | None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    accelerate_config: str | os.PathLike | None = None,
+) -> tuple[str, str]:
+    """``(precision, source)`` of a run: see the module docstring for the precedence.
+
+    Args:
+        command_line: the script's ``--mixed_precision`` as given on the command line (:func:`command_line_value`).
+        config_value: the value of the script's config file, if any.
+        config_file: that file, for the source's wording.
+        environ: the environment (default ``os.environ``).
+        accelerate_config: accelerate's config file (default :func:`accelerate_config_file`); consulted only without
+            ``ACCELERATE_MIXED_PRECISION`` (``accelerate launch`` has read it already).
+
+    Returns:
+        the precision (``"no"``, ``"fp16"``, ``"bf16"``, ...) and a phrase naming where it came from, for the log.
+    """
+    environ = os.environ if environ is None else environ
+    if command_line is not None:
+        return str(command_line), "the command line (--mixed_precision)"
+    launched = environ.get(MIXED_PRECISION_ENV)
+    if launched:
+        return launched.lower(), (f"accelerate ({MIXED_PRECISION_ENV}={launched}, set by `accelerate launch` from its "
+                                  "--mixed_precision or its config file)")
+    path = Path(accelerate_config) if accelerate_config is not None else accelerate_config_file()
+    from_file = _accelerate_file_value(path, "mixed_precision")
+    if from_file:
+        return str(from_file).lower(), f"the accelerate config file {path}"
+    if config_value is not None:
+        return str(config_value), f"the config file {config_file}" if config_file else "the config file"
+    return "no", "the default (no mixed precision)"

@@ -2,8 +2,9 @@
 
 This module is the front door; each concept has its own file and every name is importable from here:
 
-* :mod:`.text_sources`: :class:`TextSource`, where the raw text of a split comes from (``datasets`` datasets, local
-  files, the built-in Wikipedia summaries);
+* :mod:`.text_sources`: :class:`TextSource`, where the raw text of a split comes from (``datasets`` datasets from the
+  hub, a folder or ``save_to_disk``, an in-memory ``Dataset``/``DatasetDict``, local files, the built-in Wikipedia
+  summaries);
 * :mod:`.data_recipes`: :class:`DataRecipe` (``"lm1b"``, ``"owt"``, ``"generic"``), the packer and the
   :func:`build_codec` of each recipe, and the tokenizer loaders;
 * :mod:`.token_cache`: :func:`prepare_token_rows`, the on-disk cache of rows (:class:`TokenRows`, memory-mapped);
@@ -36,6 +37,7 @@ from .data_recipes import (
     load_text_tokenizer,
     recipe_packer,
 )
+from .reporting import progress_bars_enabled
 from .text_sources import BUILTIN_SOURCES, TextSource
 from .token_cache import (
     CACHE_FORMAT_VERSION,
@@ -179,7 +181,7 @@ def train_code_tokenizer(
         code_vocab_size=int(code_vocab_size),
         min_frequency=int(min_frequency),
         vocab_size_gpt2=len(tokenizer),
-        show_progress=show_progress,
+        show_progress=show_progress and progress_bars_enabled(),
         meta_extra={"source_flat_cache_path": str(flat.data_file), "source_flat_hf_split": source.split},
     )
     if output_dir is not None:

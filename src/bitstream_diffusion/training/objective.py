@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..codecs import ids_to_bits
+from .divergence import NonFiniteMonitor
 from .loss import LossType, LossWeighting, loss_weight
 from .self_conditioning import self_conditioning_estimate
 
@@ -49,6 +50,7 @@ def noisy_batch(
     tables: dict[str, torch.Tensor] | None,
     generator: torch.Generator,
     self_conditioning_prob: float,
+    monitor: NonFiniteMonitor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass of the training objective.
 
@@ -60,6 +62,11 @@ def noisy_batch(
         tables: the current entropy table (``None`` before the first estimate).
         generator: the source of every draw, in the order of the module docstring.
         self_conditioning_prob: probability that a row gets the bootstrap estimate (0 disables it).
+        monitor: records a NaN or an inf in the model input, the self-conditioning estimate and the logits (reported
+            as the loss they make); a non-finite input or estimate is replaced by zeros before the model sees it, so
+            the caller's :meth:`~.divergence.NonFiniteMonitor.check` (every process, once per micro-batch) stops the
+            run with the documented message instead of the model's input error. Without one, such values reach
+            the model.
 
     Returns:
         ``(x0 [B, S] float32 bits, sigma [B], logits [B, S])``. The bootstrap pass runs without gradient.
@@ -68,12 +75,19 @@ def noisy_batch(
     sigma = sigma_sampler.draw_sigma(x0.shape[0], step, generator, tables=tables).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     noisy = x0 + sigma[:, None] * noise
+    if monitor is not None:
+        noisy = monitor.screen("model input", noisy)
+        sigma = monitor.screen("model input", sigma, fill=1.0)
 
     def denoiser(x, s, sc):
         return model(x, s, self_cond=sc).logits
 
     self_cond = self_conditioning_estimate(denoiser, noisy, sigma, prob=self_conditioning_prob, generator=generator)
+    if monitor is not None and self_cond is not None:
+        self_cond = monitor.screen("self-conditioning estimate", self_cond)
     logits = model(noisy, sigma, self_cond=self_cond).logits
+    if monitor is not None:
+        monitor.observe("loss", logits)
     return x0, sigma, logits
 
 
@@ -111,7 +125,8 @@ def validation_loss(
 
     Sigma comes from ``reference_sampler`` (the warm-up log-normal: the same distribution at every evaluation, so
     the numbers compare across training), the noise from the validation stream of :func:`step_seed`. With
-    ``estimator`` the rows' ``(sigma, mse)`` also enter the entropy-rate buffer.
+    ``estimator`` the rows' ``(sigma, mse)`` also enter the entropy-rate buffer. A batch whose input, estimate or
+    loss holds a NaN or an inf counts as NaN: the result is then NaN on every process (and the caller stops the run).
     """
     generator = torch.Generator(device=accelerator.device)
     total, count = 0.0, 0
@@ -119,11 +134,15 @@ def validation_loss(
         if max_batches is not None and index >= max_batches:
             break
         generator.manual_seed(step_seed(seed, VALIDATION_STREAM, accelerator.process_index, index))
+        monitor = NonFiniteMonitor()
         x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=reference_sampler,
                                         step=0, tables=None, generator=generator,
-                                        self_conditioning_prob=self_conditioning_prob)
+                                        self_conditioning_prob=self_conditioning_prob, monitor=monitor)
         losses, mse = per_example_loss(logits, x0, sigma, loss_type=loss_type, weighting=weighting)
-        if estimator is not None:
+        monitor.observe("loss", losses)
+        if monitor.first() is not None:
+            losses = torch.full_like(losses, float("nan"))
+        if estimator is not None:  # every process, every batch: the update gathers across processes
             estimator.update(sigma, mse)
         losses = accelerator.gather_for_metrics(losses)
         total += float(losses.double().sum())

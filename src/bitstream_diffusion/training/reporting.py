@@ -1,5 +1,16 @@
 """What a training run reports besides its metrics: the log setup, the run summary (``train_summary.json``),
 generated texts for the trackers, and the flags as the trackers and the exported folder record them.
+
+One setup for logs and progress bars (:func:`configure_logging`, :func:`progress_bars_enabled`), following the
+Hugging Face libraries' own switches, so that a user who silences them silences the run too:
+
+* progress bars (data preparation, training steps) are off when ``HF_HUB_DISABLE_PROGRESS_BARS`` is set (or
+  ``huggingface_hub.utils.disable_progress_bars()`` was called), when ``datasets.disable_progress_bars()`` (or
+  ``HF_DATASETS_DISABLE_PROGRESS_BARS``) or transformers' or diffusers' ``disable_progress_bar()`` was called; the
+  Hub variable also turns off the bars of datasets, transformers and diffusers themselves;
+* the run's log lines (the script's and this package's) are INFO lines unless ``TRANSFORMERS_VERBOSITY``,
+  ``DIFFUSERS_VERBOSITY`` or ``DATASETS_VERBOSITY`` asks for less (the strictest one wins); the libraries follow their
+  own variables; processes other than each machine's main one log warnings and errors only.
 """
 
 from __future__ import annotations
@@ -7,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,27 +33,81 @@ if TYPE_CHECKING:
     from .checkpointing import TrainingState
     from .entropy_rate import EntropyRateEstimator
 
-__all__ = ["check_gathered_rows", "configure_logging", "log_texts", "plain_args", "run_summary", "tracker_config"]
+__all__ = [
+    "check_gathered_rows",
+    "configure_logging",
+    "log_texts",
+    "plain_args",
+    "progress_bars_enabled",
+    "run_log_level",
+    "run_summary",
+    "tracker_config",
+]
 
 _SECRET_FLAGS = ("hub_token",)
 # accelerate logs one line per file it saves or loads; a checkpoint is reported once instead
 _CHATTY_LOGGERS = ("accelerate.checkpointing", "accelerate.accelerator")
+_VERBOSITY_VARIABLES = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "DATASETS_VERBOSITY")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def progress_bars_enabled() -> bool:
+    """Whether the run shows progress bars: ``False`` as soon as one Hugging Face switch turns them off (see the
+    module docstring). A library that is not imported yet is judged by its environment variable alone."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if _env_true("HF_HUB_DISABLE_PROGRESS_BARS") or are_progress_bars_disabled():
+        return False
+    if "datasets" in sys.modules:
+        from datasets.utils import are_progress_bars_disabled as datasets_disabled
+
+        if datasets_disabled():
+            return False
+    elif _env_true("HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        return False
+    for library in ("transformers", "diffusers"):
+        if library in sys.modules:
+            utils_logging = sys.modules.get(f"{library}.utils.logging")
+            if utils_logging is not None and not utils_logging.is_progress_bar_enabled():
+                return False
+    return True
+
+
+def run_log_level() -> int:
+    """INFO, or the strictest level asked for by ``TRANSFORMERS_VERBOSITY``/``DIFFUSERS_VERBOSITY``/
+    ``DATASETS_VERBOSITY`` (their values: debug, info, warning, error, critical)."""
+    asked = [_LEVELS[value] for value in (os.environ.get(name, "").strip().lower() for name in _VERBOSITY_VARIABLES)
+             if value in _LEVELS]
+    return max(asked, default=logging.INFO)
 
 
 def configure_logging(accelerator: Accelerator) -> None:
-    """One log setup for the run: INFO lines with time and source on every process; the libraries' own messages
-    (datasets, transformers, diffusers; their verbosity variables apply) once per machine, from its main process."""
+    """One log setup for the run (see the module docstring): lines with time and source at :func:`run_log_level` on
+    each machine's main process, warnings and errors on the others (the libraries: errors); the libraries' bars off
+    when :func:`progress_bars_enabled` says so."""
     import datasets
     import diffusers
     import transformers
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    level = run_log_level() if accelerator.is_local_main_process else max(run_log_level(), logging.WARNING)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("bitstream_diffusion").setLevel(level)
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     if not accelerator.is_local_main_process:
         for library in (datasets, transformers, diffusers):
             library.utils.logging.set_verbosity_error()
+    if not progress_bars_enabled():
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
 
 
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..codecs import CodeTokenizer, TokenPacker, fit_code_row, owt_windows
 from ..utils.atomic_io import make_staging_dir, replace_directory, write_json_atomic
 from ..utils.cache import cache_dir
 from .data_recipes import DataRecipe, build_codec, recipe_packer
-from .text_sources import TextSource
+from .text_sources import EmptyCorpusError, TextSource
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -50,10 +50,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
-
-
-class EmptyCorpusError(ValueError):
-    """The corpus gives no complete row (no text, or fewer tokens than one row holds)."""
 
 
 def default_cache_dir() -> Path:
@@ -196,7 +192,7 @@ def prepare_owt_flat_stream(
 
 
 def prepare_token_rows(
-    source: TextSource,
+    source: TextSource | Any,
     recipe: DataRecipe,
     tokenizer,
     code_tokenizer: CodeTokenizer | None = None,
@@ -208,7 +204,9 @@ def prepare_token_rows(
     """Prepare (or reuse) the token-row cache of one split.
 
     Args:
-        source: the raw text.
+        source: the raw text: a :class:`TextSource`, or an in-memory ``datasets.Dataset``/``DatasetDict`` (its
+            ``"train"`` split and ``"text"`` column; wrap it in ``TextSource(dataset=..., split=..., text_column=...)``
+            for others).
         recipe: how text becomes rows.
         tokenizer: the text tokenizer (bert-base-uncased for ``"lm1b"``, GPT-2 for ``"owt"``, anything for
             ``"generic"``).
@@ -226,6 +224,8 @@ def prepare_token_rows(
         FileNotFoundError: missing data files or dataset.
     """
     build_codec(recipe, tokenizer, code_tokenizer)  # validates the bit width and the recipe before any work
+    if not isinstance(source, TextSource):
+        source = TextSource(dataset=source)
     return _prepare(source, recipe, tokenizer, code_tokenizer, cache_dir=cache_dir, batch_size=batch_size,
                     show_progress=show_progress, stage="rows")
 
@@ -289,12 +289,14 @@ def _write_stream_rows(
     """Stream the source through the packer into a staging folder, then publish it."""
     from tqdm.auto import tqdm
 
+    from .reporting import progress_bars_enabled
+
     started = time.time()
     staging = make_staging_dir(final_dir)
     try:
         writer = _RowWriter(staging / _data_file_name(dtype), num_tokens, dtype)
         texts = tqdm(source.iter_texts(), total=source.max_documents, desc=f"Preparing {source.describe()}",
-                     unit="doc", disable=not show_progress, mininterval=2.0)
+                     unit="doc", disable=not (show_progress and progress_bars_enabled()), mininterval=2.0)
         for rows in packer.iter_rows(texts, num_tokens):
             writer.write(rows)
         texts.close()
