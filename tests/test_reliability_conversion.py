@@ -301,4 +301,4 @@ def test_a_real_kill_during_the_swap_is_recovered(mode, convert, references, tmp
     assert all(name in caplog.text for name in leftovers), caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and _digest(out) == _digest(new)
     index = json.loads((out / "model_index.json").read_text())
-    assert index["_class_name"] == "BitstreamDiffusionPipeline"
+    assert index["_class_name"] == ["pipeline_bitstream_diffusion", "BitstreamDiffusionPipeline"]
