@@ -9,10 +9,10 @@ with transformers' `AutoConfig`/`AutoModel` (model type `"bitstream_sdt"`) and t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._auto_registration import install_auto_registration
+from .utils.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -53,16 +53,7 @@ if TYPE_CHECKING:
     from .schedulers.scheduling_entropy_rate import EntropyRateScheduler
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bitstream_diffusion' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)
 
 
 install_auto_registration()

@@ -13,8 +13,9 @@ Names load on first access, so that the protocol's ``--help`` does not import to
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy_exports import lazy_exports
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "sample_token_entropy": ".entropy",
@@ -83,13 +84,4 @@ if TYPE_CHECKING:
     from .vlb_draws import VLBDraws, draw_vlb_noise
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)

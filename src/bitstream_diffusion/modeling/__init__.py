@@ -9,7 +9,9 @@ does not import the model (and torch's model code).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy_exports import lazy_exports
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "SDTConfig": ".configuration_sdt",
@@ -35,16 +37,7 @@ if TYPE_CHECKING:
     from .modeling_sdt import SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)
 
 
 def register_with_transformers() -> None:

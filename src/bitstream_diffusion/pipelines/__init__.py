@@ -16,8 +16,9 @@ pay for the diffusers import.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy_exports import lazy_exports
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "BitstreamDiffusionPipeline": ".pipeline_bitstream_diffusion",
@@ -71,13 +72,4 @@ if TYPE_CHECKING:
     from .remote_code import check_remote_code, remote_code_files, write_remote_code
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        value = getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)

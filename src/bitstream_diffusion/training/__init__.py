@@ -28,58 +28,59 @@ parses its flags (the training script's ``--help``) does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy_exports import lazy_exports
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
-    "CheckpointError": "checkpoint_files",
-    "TrainingState": "checkpointing",
-    "load_config_file": "config_file",
-    "parse_args_with_config": "config_file",
-    "str2bool": "config_file",
-    "DataRecipe": "data",
-    "EmptyCorpusError": "data",
-    "EpochShuffleSampler": "data",
-    "TextSource": "data",
-    "TokenRows": "data",
-    "TokenRowsDataset": "data",
-    "build_codec": "data",
-    "prepare_token_rows": "data",
-    "train_code_tokenizer": "data",
-    "GatherFn": "distributed",
-    "accelerate_gather_fn": "distributed",
-    "gather_across_ranks": "distributed",
-    "NonFiniteMonitor": "divergence",
-    "TrainingDivergedError": "divergence",
-    "check_finite": "divergence",
-    "check_finite_logits": "divergence",
-    "nonfinite_logits": "divergence",
-    "EntropyRateEstimator": "entropy_rate",
-    "EntropyTarget": "entropy_rate",
-    "lognormal_fit": "entropy_rate",
-    "TABLE_NAMES": "entropy_tables",
-    "check_entropy_tables": "entropy_tables",
-    "edges_from_midpoints": "entropy_tables",
-    "load_entropy_tables": "entropy_tables",
-    "lognormal_prior_tables": "entropy_tables",
-    "save_entropy_tables": "entropy_tables",
-    "tables_from_config": "entropy_tables",
-    "tables_to_config": "entropy_tables",
-    "LossType": "loss",
-    "LossWeighting": "loss",
-    "bitstream_loss": "loss",
-    "loss_weight": "loss",
-    "noisy_batch": "objective",
-    "per_example_loss": "objective",
-    "step_seed": "objective",
-    "validation_loss": "objective",
-    "ExponentialMovingAverage": "optim",
-    "Denoiser": "self_conditioning",
-    "self_conditioning_estimate": "self_conditioning",
-    "TrainingSigmaSampler": "sigma_sampling",
-    "entropy_mixing_weight": "sigma_sampling",
-    "sample_lognormal_sigma": "sigma_sampling",
-    "sample_sigma_from_tables": "sigma_sampling",
+    "CheckpointError": ".checkpoint_files",
+    "TrainingState": ".checkpointing",
+    "load_config_file": ".config_file",
+    "parse_args_with_config": ".config_file",
+    "str2bool": ".config_file",
+    "DataRecipe": ".data",
+    "EmptyCorpusError": ".data",
+    "EpochShuffleSampler": ".data",
+    "TextSource": ".data",
+    "TokenRows": ".data",
+    "TokenRowsDataset": ".data",
+    "build_codec": ".data",
+    "prepare_token_rows": ".data",
+    "train_code_tokenizer": ".data",
+    "GatherFn": ".distributed",
+    "accelerate_gather_fn": ".distributed",
+    "gather_across_ranks": ".distributed",
+    "NonFiniteMonitor": ".divergence",
+    "TrainingDivergedError": ".divergence",
+    "check_finite": ".divergence",
+    "check_finite_logits": ".divergence",
+    "nonfinite_logits": ".divergence",
+    "EntropyRateEstimator": ".entropy_rate",
+    "EntropyTarget": ".entropy_rate",
+    "lognormal_fit": ".entropy_rate",
+    "TABLE_NAMES": ".entropy_tables",
+    "check_entropy_tables": ".entropy_tables",
+    "edges_from_midpoints": ".entropy_tables",
+    "load_entropy_tables": ".entropy_tables",
+    "lognormal_prior_tables": ".entropy_tables",
+    "save_entropy_tables": ".entropy_tables",
+    "tables_from_config": ".entropy_tables",
+    "tables_to_config": ".entropy_tables",
+    "LossType": ".loss",
+    "LossWeighting": ".loss",
+    "bitstream_loss": ".loss",
+    "loss_weight": ".loss",
+    "noisy_batch": ".objective",
+    "per_example_loss": ".objective",
+    "step_seed": ".objective",
+    "validation_loss": ".objective",
+    "ExponentialMovingAverage": ".optim",
+    "Denoiser": ".self_conditioning",
+    "self_conditioning_estimate": ".self_conditioning",
+    "TrainingSigmaSampler": ".sigma_sampling",
+    "entropy_mixing_weight": ".sigma_sampling",
+    "sample_lognormal_sigma": ".sigma_sampling",
+    "sample_sigma_from_tables": ".sigma_sampling",
 }
 
 __all__ = [
@@ -179,13 +180,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRIBUTES[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_ATTRIBUTES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)
