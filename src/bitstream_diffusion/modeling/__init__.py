@@ -1,11 +1,12 @@
 """The CoBit Sequence Diffusion Transformer as a transformers model (registered with AutoConfig/AutoModel)."""
 
 from .configuration_sdt import SDT_PRESETS, SDTConfig
-from .modeling_sdt import SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
+from .modeling_sdt import SDTFoldedWeights, SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
 
 __all__ = [
     "SDTConfig",
     "SDT_PRESETS",
+    "SDTFoldedWeights",
     "SDTModel",
     "SDTOutput",
     "SDTPreTrainedModel",
