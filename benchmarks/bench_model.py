@@ -11,13 +11,23 @@ mode (`eager`, `compiled` = `model.compile(fullgraph=True, dynamic=False)`, indu
 * `seconds_min` / `seconds_median`: wall time of one forward call over `--repeats` timed calls (after warm-up). The
   minimum is the figure to compare: on a shared machine, other processes only ever make a call slower.
 * `gflop_per_call`: floating-point operations of one call counted by `torch.utils.flop_counter.FlopCounterMode`
-  (matmuls and attention; elementwise work is not counted).
+  (matrix products; elementwise work is not counted). On CPU it counts nothing for the attention kernel
+  (`_scaled_dot_product_flash_attention_for_cpu` has no registered formula), so `gflop_per_call_with_attention` adds
+  the attention products with torch's own sdpa formula.
 * `gflops`: `gflop_per_call / seconds_min`; `fraction_of_matmul_peak`: that rate over `matmul_peak_gflops`, the best
-  rate of a large square `torch.mm` in the same dtype on the same threads. The peak is measured between the timed
-  forward calls (one round of products before each call), so both see the same load from other processes.
+  rate of a large square `torch.mm` in the same dtype on the same threads; `..._with_attention`: the same with the
+  attention FLOPs counted. The peak is measured between the timed forward calls (one round of products before each
+  call), so both see the same load from other processes.
 * `compile_seconds`: wall time of the first compiled call (tracing and code generation).
 
-Timings on a CPU shared with other work are noisy: use several repeats and read the minimum.
+`--tune-malloc` (glibc only) keeps freed memory in the heap instead of returning it to the kernel, so large
+activations do not page-fault at every call (about 10% of a CoBit-S OWT forward on one core with glibc's defaults);
+jemalloc or tcmalloc do the same for any program.
+
+Timings on a CPU shared with other work are noisy: use several repeats and read the minimum. On a machine whose
+cores other processes also use, `--threads 1 --clock process` measures the CPU time of the one working thread instead
+of wall time (time-slicing by other processes then does not count); both the forward call and the matmul peak are
+measured with the same clock, so the fraction of peak stays comparable.
 """
 
 from __future__ import annotations
@@ -60,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls")
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the square matmul for the peak")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock", choices=["wall", "process"], default="wall", help="wall time, or CPU time of this process (CPU only)"
+    )
+    parser.add_argument("--tune-malloc", action="store_true", help="glibc: no mmap/trim for activations (see above)")
     return parser.parse_args(argv)
 
 
@@ -68,14 +82,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def time_calls(fn, repeats: int, device: torch.device) -> list[float]:
     seconds = []
     for _ in range(repeats):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(clock() - start)
     return seconds
 
 
@@ -119,22 +137,43 @@ def build(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
     return model, inputs, batch, tokens
 
 
-def count_flops(model: torch.nn.Module, inputs: tuple) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(model: torch.nn.Module, inputs: tuple, with_attention: bool = False) -> int:
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    def cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention} if with_attention else {}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(*inputs)
     return counter.get_total_flops()
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep freed blocks of up to 32 MiB in the heap and never trim it (glibc `mallopt`); False if not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(
+        libc.mallopt(option, value)
+        for option, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 256 << 20))
+    )
 
 
 def measure(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     model, inputs, batch, tokens = build(name, args, device, dtype)
     flops = count_flops(model, inputs)
+    flops_with_attention = count_flops(model, inputs, with_attention=True)
     result = {
         "batch_size": batch,
         "tokens": tokens,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "gflop_per_call": flops / 1e9,
+        "gflop_per_call_with_attention": flops_with_attention / 1e9,
     }
     for mode in args.modes:
         torch._dynamo.reset()
@@ -166,13 +205,17 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, dtype: to
             gflops=flops / best / 1e9,
             matmul_peak_gflops=peak.best_gflops,
             fraction_of_matmul_peak=flops / best / 1e9 / peak.best_gflops,
+            fraction_of_matmul_peak_with_attention=flops_with_attention / best / 1e9 / peak.best_gflops,
         )
         result[mode] = entry
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
+    malloc_tuned = tune_glibc_malloc() if args.tune_malloc else False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -181,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
+        "malloc_tuned": malloc_tuned,
         "repeats": args.repeats,
         "configs": {name: measure(name, args, device, dtype) for name in args.configs},
         "torch": torch.__version__,
