@@ -77,6 +77,27 @@ def test_folding_runs_in_eval_only_and_steps_aside_for_hooks():
         assert counter.calls == 2 and len(seen) == 1  # a hook sees its module run
 
 
+class _ScaledLinear(torch.nn.Linear):
+    """Stands in for an adapter (LoRA and the like) that replaces a folded module with its own forward."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def test_a_replaced_module_is_honoured_not_folded():
+    model = make_tiny_sdt()
+    noisy, sigma, self_cond = inputs(model)
+    with torch.no_grad():
+        before = model(noisy, sigma, self_cond).logits
+        replaced = _ScaledLinear(model.unpatch_proj_content.in_features, model.unpatch_proj_content.out_features)
+        replaced.load_state_dict(model.unpatch_proj_content.state_dict())
+        model.unpatch_proj_content = replaced
+        after = model(noisy, sigma, self_cond).logits
+        expected = unfolded(model)(noisy, sigma, self_cond).logits
+    assert (after - before).abs().max() > 1e-3
+    assert torch.equal(after, expected)
+
+
 def test_folding_is_never_stale_even_after_writes_through_data():
     model = make_tiny_sdt()
     noisy, sigma, self_cond = inputs(model)

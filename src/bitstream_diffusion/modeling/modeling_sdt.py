@@ -13,7 +13,8 @@ Inference folding. Both ends of the network are linear in the inputs up to the f
 the head's `input_adapter` and `patch_adapter` at the exit. In eval mode [`SDTModel`] composes each stretch into one
 small linear map ([`SDTModel.folded_weights`]), recomputed from the parameters at every call (so it can never be stale,
 whatever wrote the weights), and skips the wide `[B, S, D]` feature tensors. The math is the same up to float rounding;
-training, `model.inference_folding = False`, and forward hooks on any of those five modules use the unfolded modules.
+training, `model.inference_folding = False`, and hooks on or replacements of any of those five modules (forward hooks,
+accelerate offloading, adapters such as LoRA) use the unfolded modules.
 """
 
 import math
@@ -608,10 +609,15 @@ class SDTModel(SDTPreTrainedModel):
                 self.head.input_adapter)
 
     def _folding_applies(self) -> bool:
-        """Eval mode, folding on, and no forward hook that expects to see the folded modules run."""
+        """Eval mode, folding on, and each folded module a plain `nn.Linear` that nothing watches or wraps: no forward
+        hook expecting to see it run, no accelerate offloading hook, no adapter (e.g. LoRA) replacing it."""
         if self.training or not self.inference_folding:
             return False
-        return not any(module._forward_hooks or module._forward_pre_hooks for module in self._folded_modules())
+        return all(
+            type(module) is nn.Linear
+            and not (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
+            for module in self._folded_modules()
+        )
 
     def folded_weights(self) -> SDTFoldedWeights:
         """Compose the input and head projections from the current parameters ([`SDTFoldedWeights`]).
