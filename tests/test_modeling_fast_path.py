@@ -276,3 +276,44 @@ def test_bf16_agrees_with_float32_on_the_golden_models(golden_dir, name, mode):
     print(f"{name} bf16 {mode}: max |logit - float32| = {worst:.3f}, bits (sigmoid > 0.5) agreeing {agreeing}/{total}")
     assert worst < 0.5
     assert agreeing / total >= 0.98
+
+
+def test_shape_only_forward_on_the_meta_device():
+    from conftest import TINY_SDT
+
+    from bitstream_diffusion import SDTConfig
+
+    with torch.device("meta"):
+        model = SDTModel(SDTConfig(**TINY_SDT)).eval()
+        noisy, sigma = torch.zeros(2, 4 * TINY_SDT["bits_per_token"]), torch.ones(2)
+    out = model(noisy, sigma, noisy, check_values=False)
+    assert out.logits.shape == (2, 4 * TINY_SDT["bits_per_token"]) and out.logits.is_meta
+
+
+def test_rope_tables_are_filled_on_every_loading_path(tmp_path, golden_dir):
+    from transformers import AutoModel
+
+    model = make_tiny_sdt()
+    model.save_pretrained(tmp_path)
+    folder = golden_dir / "model" / "lm1b_tiny"
+    official = SDTModel.from_official_checkpoint(
+        folder / "release.pt", config=json.loads((folder / "official_config.json").read_text())
+    )
+    for loaded in (model, SDTModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path), official):
+        rotary = loaded.rotary_emb
+        cos, sin = rotary.compute_tables(loaded.config.max_position_embeddings)
+        assert torch.equal(rotary.cos_table, cos) and torch.equal(rotary.sin_table, sin)
+        assert not any("rotary" in key for key in loaded.state_dict())  # never part of the weights
+
+
+def test_sequences_longer_than_the_tables_use_the_same_rope():
+    model = make_tiny_sdt()
+    rotary = model.rotary_emb
+    num_tokens = model.config.max_position_embeddings + 5
+    cos, sin = rotary(num_tokens, torch.device("cpu"), torch.float32)
+    short_cos, short_sin = rotary(3, torch.device("cpu"), torch.float32)
+    assert cos.shape == (num_tokens, 1, 1, model.config.head_dim)
+    assert torch.equal(cos[:3], short_cos) and torch.equal(sin[:3], short_sin)
+    noisy = torch.rand(2, num_tokens * model.config.bits_per_token)
+    with torch.no_grad():
+        assert torch.isfinite(model(noisy, torch.ones(2), noisy).logits).all()

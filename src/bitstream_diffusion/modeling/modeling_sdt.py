@@ -17,6 +17,7 @@ training, `model.inference_folding = False`, and hooks on or replacements of any
 accelerate offloading, adapters such as LoRA) use the unfolded modules.
 """
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -137,23 +138,47 @@ class SDTSigmaEmbedding(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- rotary
 class SDTRotaryEmbedding(nn.Module):
-    """RoPE over token positions, rotate-half convention. `cos`/`sin` are computed on the fly in float32, so no buffer
-    can be left uninitialised when transformers builds the model on the meta device before loading weights."""
+    """RoPE over token positions, rotate-half convention.
+
+    `cos_table`/`sin_table` (`[max_position_embeddings, head_dim]`, computed in float32) are non-persistent buffers:
+    not in the weights, and filled again by `_init_weights` whenever transformers builds the model on the meta device
+    (and by [`SDTModel.from_official_checkpoint`]). As tables, rather than recomputed in the forward, they are read
+    from memory by a compiled forward instead of re-evaluated (a power, a sine and a cosine) for every element of q and
+    k in every block. Longer sequences (RoPE accepts any length) compute their tables on the fly, with the same values.
+    """
 
     def __init__(self, config: SDTConfig):
         super().__init__()
         self.head_dim = config.head_dim
         self.base = float(config.rope_theta)
+        self.max_position_embeddings = config.max_position_embeddings
+        cos, sin = self.compute_tables(self.max_position_embeddings)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
+
+    @torch.no_grad()
+    def compute_tables(self, num_tokens: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 `cos, sin` of `position * base^(-2i / head_dim)`, each frequency twice: `[num_tokens, head_dim]`."""
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        inv_freq = 1.0 / (self.base**exponents)
+        freqs = torch.outer(torch.arange(num_tokens, device=device, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+    def reset_tables(self, device: torch.device | None = None) -> None:
+        """Recompute the tables, on `device` (e.g. after weights were loaded into a model built on the meta device)."""
+        device = self.cos_table.device if device is None else device
+        self.cos_table, self.sin_table = self.compute_tables(self.max_position_embeddings, device=device)
 
     @torch.no_grad()
     def forward(self, num_tokens: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `cos, sin` of shape `[num_tokens, 1, 1, head_dim]`, which broadcast over the
         `[batch, num_tokens, 2 (query, key), heads, head_dim]` layout [`SDTAttention`] rotates in."""
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
-        inv_freq = 1.0 / (self.base**exponents)
-        freqs = torch.outer(torch.arange(num_tokens, device=device, dtype=torch.float32), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None, None, :]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        if num_tokens <= self.cos_table.shape[0] and self.cos_table.device == device:
+            cos, sin = self.cos_table[:num_tokens], self.sin_table[:num_tokens]
+        else:
+            cos, sin = self.compute_tables(num_tokens, device=device)
+        return cos[:, None, None, :].to(dtype), sin[:, None, None, :].to(dtype)
 
 
 def apply_rotary_pos_emb(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -406,6 +431,10 @@ class SDTPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, SDTSigmaEmbedding):
             init.copy_(module._freq, SDTSigmaEmbedding.frequencies(module._freq.shape[-1]))
+        elif isinstance(module, SDTRotaryEmbedding):
+            cos, sin = module.compute_tables(module.max_position_embeddings, device=module.cos_table.device)
+            init.copy_(module.cos_table, cos)
+            init.copy_(module.sin_table, sin)
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:
@@ -568,6 +597,7 @@ class SDTModel(SDTPreTrainedModel):
             model = cls(config)
         check_state_dict_matches(model.state_dict(), checkpoint.state_dict, source=str(checkpoint_path))
         model.load_state_dict(checkpoint.state_dict, strict=True, assign=True)
+        model.rotary_emb.reset_tables(device=model.device)  # not part of the weights
         return model.eval()
 
     # ------------------------------------------------------------------------------------------- inputs
@@ -630,7 +660,13 @@ class SDTModel(SDTPreTrainedModel):
         patch, content_dim, channels = config.bits_per_token, config.content_dim, config.num_content_channels
         hidden_size, head_hidden = config.hidden_size, config.head_hidden_size
         weight = self.patch_proj.weight
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        device_type = weight.device.type
+        no_autocast = (
+            torch.autocast(device_type=device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext()
+        )
+        with no_autocast:
             unit_weight = self.cont_input_proj.weight[:, 0].float()  # [C]: Linear(1, C) is value * w + b
             unit_bias = self.cont_input_proj.bias.float()
             # entry: patch_proj over [content (K x C) | position features] of each of the P slots
