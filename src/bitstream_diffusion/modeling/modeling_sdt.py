@@ -36,7 +36,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sdt import SDTConfig
-from .official_checkpoint import StateDictMismatchError, state_dict_mismatch_message
+from .official_checkpoint import (
+    StateDictMismatchError,
+    check_state_dict_matches,
+    infer_sdt_config,
+    load_official_checkpoint,
+    state_dict_mismatch_message,
+)
 
 __all__ = ["SDTModel", "SDTPreTrainedModel", "SDTOutput", "SDTFoldedWeights", "matched_filter_logits"]
 
@@ -580,12 +586,6 @@ class SDTModel(SDTPreTrainedModel):
         Raises:
             StateDictMismatchError: any missing, unexpected or mis-shaped key, all listed.
         """
-        from .official_checkpoint import (
-            check_state_dict_matches,
-            infer_sdt_config,
-            load_official_checkpoint,
-        )
-
         checkpoint = load_official_checkpoint(checkpoint_path, use_ema=use_ema)
         if config is None:
             config = infer_sdt_config(checkpoint.state_dict, **config_overrides)
