@@ -16,6 +16,7 @@ from ..utils.lazy_exports import lazy_exports
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "SDTConfig": ".configuration_sdt",
     "SDT_PRESETS": ".configuration_sdt",
+    "SDTFoldedWeights": ".modeling_sdt",
     "SDTModel": ".modeling_sdt",
     "SDTOutput": ".modeling_sdt",
     "SDTPreTrainedModel": ".modeling_sdt",
@@ -27,6 +28,7 @@ __all__ = [
     "register_with_transformers",
     "SDT_PRESETS",
     "SDTConfig",
+    "SDTFoldedWeights",
     "SDTModel",
     "SDTOutput",
     "SDTPreTrainedModel",
@@ -34,7 +36,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .configuration_sdt import SDT_PRESETS, SDTConfig
-    from .modeling_sdt import SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
+    from .modeling_sdt import SDTFoldedWeights, SDTModel, SDTOutput, SDTPreTrainedModel, matched_filter_logits
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)

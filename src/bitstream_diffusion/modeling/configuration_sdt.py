@@ -1,18 +1,20 @@
 """Configuration of the Sequence Diffusion Transformer (SDT), the denoiser network of CoBit (arXiv 2605.07013)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `@strict` checks each field's type only when the annotation is a real
+# type, not a string, so a config.json with `"hidden_size": "32"` is refused with the field's name.
 import importlib
+import math
+from collections.abc import Callable
 from typing import Any
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import as_validated_field, strict
 from transformers import PretrainedConfig
 
 __all__ = ["SDTConfig", "SDT_PRESETS"]
 
 
-# The paper's three released models (REFERENCE_TRAINING §2.1). `intermediate_size` is the SwiGLU hidden width,
-# int(2 * dim_ff / 3) of the official `dim_ff` (3072 -> 2048, 4096 -> 2730).
+# The paper's three released models. `intermediate_size` is the SwiGLU hidden width, int(2 * dim_ff / 3) of the
+# official `dim_ff` (3072 -> 2048, 4096 -> 2730).
 SDT_PRESETS: dict[str, dict[str, Any]] = {
     "cobit-s-lm1b": dict(
         bits_per_token=15,
@@ -53,6 +55,45 @@ _OFFICIAL_REQUIRED_MODEL_SETTINGS: dict[str, Any] = {
 }
 
 
+def _interval(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    kind: str = "a finite number",
+) -> Callable:
+    """A strict-dataclass field validator: the value is a finite number in the interval (NaN and infinities refused).
+
+    The field's type is checked first by `@strict`; the error names the field (`Validation error for field 'x'`), and
+    this message adds the allowed range and the value, e.g. `must be a finite number > 0, got -1`.
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    allowed = kind + (" " + " and ".join(bounds) if bounds else "")
+
+    @as_validated_field
+    def check(value: int | float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return  # the type validator has already refused it
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            raise ValueError(f"must be {allowed}, got {value!r}.")
+
+    return check
+
+
+_at_least_one = _interval(1, kind="an integer")
+_non_negative_int = _interval(0, kind="an integer")
+_non_negative = _interval(0)
+_positive = _interval(0, low_open=True)
+_finite = _interval()
+
+
 @strict(accept_kwargs=True)
 class SDTConfig(PretrainedConfig):
     r"""
@@ -76,18 +117,24 @@ class SDTConfig(PretrainedConfig):
             feeds them as exact zeros ("local_only" positions) but sizes the patch projection for them, so released
             weights keep those columns.
         num_local_fourier_features (`int`, defaults to 4): sine/cosine pairs of the bit's slot within its token.
-        rope_theta (`float`, defaults to 10000.0): RoPE base over token positions.
+        rope_theta (`float`, defaults to 10000.0): RoPE base over token positions, > 1.
         max_position_embeddings (`int`, defaults to 128): tokens per training row (the default generation length;
             RoPE itself accepts any length).
         dropout (`float`, defaults to 0.1): dropout on attention probabilities, residual branches, the SwiGLU and
-            head hidden layers (training only).
-        layer_norm_eps (`float`, defaults to 1e-5): epsilon of the parameter-free LayerNorms.
-        sigma_data (`float`, defaults to 0.5): EDM data std in {0,1} units; `c_in = 1 / sqrt(sigma^2 + sigma_data^2)`.
+            head hidden layers (training only), in [0, 1).
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of the parameter-free LayerNorms, > 0.
+        sigma_data (`float`, defaults to 0.5): EDM data std in {0,1} units, > 0;
+            `c_in = 1 / sqrt(sigma^2 + sigma_data^2)`.
         data_center (`float`, defaults to 0.5): subtracted from noisy bits and self-conditioning estimates.
-        matched_filter_center (`float`, defaults to 0.5), matched_filter_scale (`float`, defaults to 1.0),
-        matched_filter_clip (`float`, defaults to 30.0): the analytic log-odds residual added to the network logits.
+        matched_filter_center (`float`, defaults to 0.5), matched_filter_scale (`float`, defaults to 1.0, >= 0),
+        matched_filter_clip (`float`, defaults to 30.0, > 0): the analytic log-odds residual added to the network
+            logits.
         self_conditioning (`bool`, defaults to `True`): whether the network takes a second, self-conditioning channel.
-        initializer_range (`float`, defaults to 0.02): std of the normal initialisation of most linear layers.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisation of most linear layers, >= 0.
+
+    Every field is checked when it is set: sizes are integers >= 1 (the Fourier feature counts >= 0), every float is
+    finite and in the range given above, and a wrong type or value raises an error naming the field, the value and the
+    allowed range.
 
     Example:
 
@@ -100,41 +147,33 @@ class SDTConfig(PretrainedConfig):
 
     model_type = "bitstream_sdt"
 
-    bits_per_token: int = 15
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 2048
-    content_dim: int = 64
-    head_hidden_size: int = 128
-    num_global_fourier_features: int = 32
-    num_local_fourier_features: int = 4
-    rope_theta: int | float = 10000.0
-    max_position_embeddings: int = 128
-    dropout: int | float = 0.1
-    layer_norm_eps: float = 1e-5
-    sigma_data: int | float = 0.5
-    data_center: int | float = 0.5
-    matched_filter_center: int | float = 0.5
-    matched_filter_scale: int | float = 1.0
-    matched_filter_clip: int | float = 30.0
+    bits_per_token: int = _at_least_one(default=15)
+    hidden_size: int = _at_least_one(default=768)
+    num_hidden_layers: int = _at_least_one(default=12)
+    num_attention_heads: int = _at_least_one(default=12)
+    intermediate_size: int = _at_least_one(default=2048)
+    content_dim: int = _at_least_one(default=64)
+    head_hidden_size: int = _at_least_one(default=128)
+    num_global_fourier_features: int = _non_negative_int(default=32)
+    num_local_fourier_features: int = _non_negative_int(default=4)
+    # A base <= 1 has no slowly turning frequencies: positions far apart would look alike.
+    rope_theta: int | float = _interval(1, low_open=True)(default=10000.0)
+    max_position_embeddings: int = _at_least_one(default=128)
+    dropout: int | float = _interval(0, 1, high_open=True)(default=0.1)
+    # eps = 0 divides by zero on a constant row; a negative eps gives NaN.
+    layer_norm_eps: int | float = _positive(default=1e-5)
+    sigma_data: int | float = _positive(default=0.5)
+    data_center: int | float = _finite(default=0.5)
+    matched_filter_center: int | float = _finite(default=0.5)
+    # A negative scale would flip the sign of the evidence each bit carries about itself; 0 switches the filter off.
+    matched_filter_scale: int | float = _non_negative(default=1.0)
+    # clamp(x, -clip, clip) with clip <= 0 replaces every logit by a constant.
+    matched_filter_clip: int | float = _positive(default=30.0)
     self_conditioning: bool = True
-    initializer_range: float = 0.02
+    initializer_range: int | float = _non_negative(default=0.02)
 
     def validate_architecture(self):
         """Checks the shape arithmetic; raises with the value to change."""
-        positive = (
-            "bits_per_token",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "content_dim",
-            "head_hidden_size",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -142,10 +181,6 @@ class SDTConfig(PretrainedConfig):
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head dimension; hidden_size / num_attention_heads = {self.head_dim}.")
-        if self.sigma_data <= 0:
-            raise ValueError(f"`sigma_data` must be positive, got {self.sigma_data}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must lie in [0, 1), got {self.dropout}.")
 
     # ----------------------------------------------------------------------------------------------- derived sizes
     @property

@@ -30,6 +30,7 @@ __all__ = [
     "load_official_checkpoint",
     "infer_sdt_config",
     "check_state_dict_matches",
+    "state_dict_mismatch_message",
     "StateDictMismatchError",
 ]
 
@@ -232,24 +233,40 @@ def infer_sdt_config(state_dict: dict[str, torch.Tensor], **known: Any) -> SDTCo
     return SDTConfig(**inferred)
 
 
+def state_dict_mismatch_message(
+    source: str,
+    missing: list[str],
+    unexpected: list[str],
+    mis_shaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    advice: str,
+) -> str:
+    """The one wording of a weights/architecture mismatch: every missing, unexpected and mis-shaped key, then `advice`.
+
+    `mis_shaped` holds `(key, shape in the file, shape in the model)`.
+    """
+    lines = [f"The {source} does not match the SDT architecture exactly (strict loading, nothing is dropped):"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {sorted(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {sorted(unexpected)}")
+    if mis_shaped:
+        listed = [f"{key}: checkpoint {tuple(got)} vs model {tuple(want)}" for key, got, want in sorted(mis_shaped)]
+        lines.append(f"  shape mismatches ({len(mis_shaped)}): {listed}")
+    lines.append(advice)
+    return "\n".join(lines)
+
+
 def check_state_dict_matches(
     expected: dict[str, torch.Tensor], provided: dict[str, torch.Tensor], source: str = "checkpoint"
 ) -> None:
     """Raise [`StateDictMismatchError`] listing every missing, unexpected or mis-shaped key."""
     missing = sorted(set(expected) - set(provided))
     unexpected = sorted(set(provided) - set(expected))
-    mis_shaped = sorted(
-        f"{key}: checkpoint {tuple(provided[key].shape)} vs model {tuple(expected[key].shape)}"
+    mis_shaped = [
+        (key, tuple(provided[key].shape), tuple(expected[key].shape))
         for key in set(expected) & set(provided)
         if tuple(expected[key].shape) != tuple(provided[key].shape)
-    )
+    ]
     if missing or unexpected or mis_shaped:
-        lines = [f"The {source} does not match the SDT architecture exactly (strict loading, nothing is dropped):"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if mis_shaped:
-            lines.append(f"  shape mismatches ({len(mis_shaped)}): {mis_shaped}")
-        lines.append("Check the config (preset, num_attention_heads, bits_per_token) or the file itself.")
-        raise StateDictMismatchError("\n".join(lines))
+        advice = "Check the config (preset, num_attention_heads, bits_per_token) or the file itself."
+        raise StateDictMismatchError(state_dict_mismatch_message(source, missing, unexpected, mis_shaped, advice))
