@@ -450,7 +450,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--self_conditioning_prob > 0 needs a model with self_conditioning=True.")
     model = SDTModel(config)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
