@@ -117,9 +117,9 @@ class Budget:
 
     def run(self, fn: Callable[[], dict], cap: float | None = None) -> dict:
         """`fn()` with `status` added, under a cap of `min(cap or setting cap, remaining budget)` seconds."""
-        cap = min(cap or self.setting, self.remaining())
-        if cap < 1:
+        if self.remaining() < 1:
             return {"status": "skipped", "reason": f"out of the {self.total:.0f} s budget"}
+        cap = min(cap or self.setting, self.remaining())
         alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
         if alarm:
             previous = signal.signal(signal.SIGALRM, _raise_timeout)
