@@ -66,8 +66,8 @@ def test_out_of_memory_is_recorded_and_the_next_setting_runs():
 def test_a_setting_past_its_cap_is_cut_short_and_errors_are_recorded():
     budget = gpu_check.Budget(total_seconds=60, setting_seconds=0.3)
     start = time.monotonic()
-    result = budget.run(lambda: time.sleep(5) or {})
-    assert result["status"] == "timed_out" and time.monotonic() - start < 3
+    result = budget.run(lambda: time.sleep(30) or {})
+    assert result["status"] == "timed_out" and time.monotonic() - start < 15  # cut short, then dynamo is reset
     assert budget.run(lambda: 1 / 0)["reason"].startswith("ZeroDivisionError")
     assert budget.run(lambda: {"value": 2}) == {"status": "ok", "value": 2, "elapsed_seconds": pytest.approx(0, abs=1)}
 
