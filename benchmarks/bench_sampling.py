@@ -33,7 +33,9 @@ and per mode (times are minima over the repeats: on a shared machine other proce
 * `model_gflops` / `model_fraction_of_matmul_peak`: the FLOP rate of the denoiser calls, and over
   `matmul_peak_gflops`, the best rate of a large square `torch.mm` in the run's dtype on the same threads/device,
   measured between the timed runs of this mode; `sampler_gflops` / `sampler_fraction_of_matmul_peak`: the same for
-  the whole run;
+  the whole run; on the CPU `model_fraction_of_matmul_peak_cpu_time` is the same in CPU time (forward calls and
+  peak both timed with the process clock): with `--threads 1` it is the steadier figure where other processes share
+  the cores;
 * `first_call_seconds` (the first call, which compiles) and `compile_seconds` = `first_call_seconds` - `seconds_min`
   (compiled modes); `graphs_compiled` and `recompiles_during_timed_runs` (from `torch._dynamo`'s counters: 0 means a
   255-step run never recompiles, whatever sigma is);
@@ -206,14 +208,18 @@ def measure_mode(pipe, mode: str, run, args: argparse.Namespace, flops_per_call:
     graphs_after_warmup = dynamo_graphs()
 
     peak_dtype = torch.bfloat16 if args.dtype == "bfloat16" and device.type == "cuda" else torch.float32
-    peak = MatmulPeak(args.peak_size or (8192 if device.type == "cuda" else 2048), peak_dtype, device)
+    peak_size = args.peak_size or (8192 if device.type == "cuda" else 2048)
+    peak = MatmulPeak(peak_size, peak_dtype, device)
     peak.sample(2)
+    cpu_peak = MatmulPeak(peak_size, peak_dtype, device, clock=time.process_time) if device.type == "cpu" else None
     split_apart = device.type == "cuda"  # the per-call syncs of the split must not slow the whole-run timings
     walls, cpus, model_walls, model_cpus, same_bits = [], [], [], [], []
     with ModelCallTimer(pipe.model) as timer:
         for i in range(args.repeats):
             seed = args.seed + i
             peak.sample()
+            if cpu_peak is not None:
+                cpu_peak.sample()
             if split_apart:  # a run with a sync around every model call, for the split only
                 timer.reset()
                 timer.device = device
@@ -267,6 +273,9 @@ def measure_mode(pipe, mode: str, run, args: argparse.Namespace, flops_per_call:
         "recompiles_during_timed_runs": dynamo_graphs() - graphs_after_warmup,
         "bits_equal_to_eager": all(same_bits) if same_bits else None,
     }
+    if cpu_peak is not None:  # the same in CPU time: steadier where other processes share the cores
+        model_cpu = model_cpus[fastest_cpu]
+        entry["model_fraction_of_matmul_peak_cpu_time"] = flops_per_call * nfe / model_cpu / 1e9 / cpu_peak.best_gflops
     if COMPILE_MODES[mode] is not None:
         entry["compile_seconds"] = first_call - seconds
     return entry
