@@ -14,8 +14,9 @@ import bench_sampling  # noqa: E402
 def test_reports_flops_peak_split_and_compile_fields(monkeypatch, entropy_tables_dir):
     # the compiled mode through dynamo without inductor's code generation, so that the test takes seconds
     monkeypatch.setitem(bench_sampling.COMPILE_MODES, "compiled", dict(backend="eager", fullgraph=True, dynamic=False))
-    argv = ["--preset", "tiny", "--steps", "3", "--repeats", "2", "--output-type", "bits", "--modes", "eager", "compiled"]
-    result = bench_sampling.main([*argv, "--entropy-tables", str(entropy_tables_dir / "lm1b")])
+    argv = ["--preset", "tiny", "--steps", "3", "--repeats", "2", "--output-type", "bits"]
+    tables = ["--entropy-tables", str(entropy_tables_dir / "lm1b")]
+    result = bench_sampling.main([*argv, "--modes", "eager", "compiled", *tables])
 
     assert result["nfe"] == 3 and result["num_bits"] == 128 * 15 and result["schedule"].startswith("entropy:")
     assert result["model_gflop_per_call"] > 0
