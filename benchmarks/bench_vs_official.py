@@ -26,9 +26,9 @@ Reported: `official.seconds_min` (and `cpu_seconds_min`, the process CPU time) o
 `seconds_min`, `official_seconds_min` (the official runs of the same rounds), `ratio_to_official` (ours / official in
 those rounds, wall; `ratio_to_official_cpu` in CPU time), `bits_identical` (every run of the mode gave the official
 bits, seed for seed), `max_abs_prob_difference`, and for compiled modes `compile_seconds` (the first call's time minus
-a steady call). On a machine whose cores other processes also use, `--threads 1` (one thread each) gives the steadier
-comparison: compiled CPU kernels synchronise their threads far more often than eager ones, and a descheduled thread
-stalls every such barrier. `--official-compile` also compiles the official model the way the official
+a steady call). On a machine whose cores other processes also use, run with `--threads 1`: on a 2-core machine shared
+with other jobs, the compiled model with 2 threads ran 3.8x slower than eager (its many small parallel regions each
+wait for the slowest thread), with 1 thread it ran faster, as it should. `--official-compile` also compiles the official model the way the official
 evaluation does (`torch.compile(model)`) and reports it as `official_compiled`.
 """
 
