@@ -27,9 +27,9 @@ Reported: `official.seconds_min` (and `cpu_seconds_min`, the process CPU time) o
 those rounds, wall; `ratio_to_official_cpu` in CPU time), `bits_identical` (every run of the mode gave the official
 bits, seed for seed), `max_abs_prob_difference`, and for compiled modes `compile_seconds` (the first call's time minus
 a steady call). On a machine whose cores other processes also use, run with `--threads 1`: on a 2-core machine shared
-with other jobs, the compiled model with 2 threads ran 3.8x slower than eager (its many small parallel regions each
-wait for the slowest thread), with 1 thread it ran faster, as it should. `--official-compile` also compiles the official model the way the official
-evaluation does (`torch.compile(model)`) and reports it as `official_compiled`.
+with other jobs, the compiled model with 2 threads ran 3.8x slower than eager, with 1 thread faster.
+`--official-compile` also compiles the official model the way the official evaluation does (`torch.compile(model)`)
+and reports it as `official_compiled`.
 """
 
 from __future__ import annotations
