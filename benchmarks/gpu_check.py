@@ -81,6 +81,8 @@ DRY_RUN_PLAN = dict(
     peak_size=256,
 )
 TARGET_MFU, TARGET_SPEEDUP = 0.45, 1.5
+#: This check's modes -> `bench_sampling.COMPILE_MODES` (compiled = one graph, static shapes; then with CUDA graphs).
+COMPILE_MODE_OF = {"eager": "eager", "compiled": "compiled-fullgraph", "reduce-overhead": "reduce-overhead"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -275,7 +277,7 @@ def measure_throughput(
         pipe.model._compiled_call_impl = None
         pipe.model.compile(backend="eager", fullgraph=True, dynamic=False)
     else:
-        set_compile_mode(pipe.model, mode)
+        set_compile_mode(pipe.model, COMPILE_MODE_OF[mode])
     tokens = pipe.codec.num_tokens
 
     def run(seed: int):
@@ -374,7 +376,8 @@ def attention_check(plan: dict, device: torch.device, budget: Budget, steps: int
         logits, bits, forward_ms = {}, {}, {}
         for implementation in ("sdpa", "flash_attention_2"):
             model.set_attn_implementation(implementation)
-            with torch.no_grad():
+            # bf16 weights take float32 bits under autocast, as the pipeline runs them
+            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 logits[implementation] = model(*inputs).logits.float()
                 times = []
                 for _ in range(5):
