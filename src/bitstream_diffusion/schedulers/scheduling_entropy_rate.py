@@ -275,14 +275,14 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
             num_inference_steps = grid.numel()
         else:
             check_num_levels(num_inference_steps)
-            grid = self._compute_grid(num_inference_steps)
+            grid = self._remembered(("grid", num_inference_steps), self._compute_grid, num_inference_steps)
         gamma = self.config.gamma if gamma is None else gamma
         check_gamma(gamma)
         check_churn_window_available(self.config, self._table, gamma)
         if gamma > MAX_GAMMA:
             logger.warning(f"gamma={gamma} exceeds sqrt(2) - 1; it is capped there as in EDM and the official code.")
 
-        window = self.churn_window_sigmas if gamma > 0 else None
+        window = self._remembered("churn window", lambda: self.churn_window_sigmas) if gamma > 0 else None
         self.num_inference_steps = num_inference_steps
         self.sigmas = torch.cat([grid, torch.zeros(1, dtype=torch.float32)])
         self.gammas = churn_gammas(grid, min(float(gamma), MAX_GAMMA), window)
