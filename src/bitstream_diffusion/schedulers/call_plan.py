@@ -16,6 +16,7 @@ plan is plain Python (lists and ints), so that the sampling loop looks up its ca
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +48,7 @@ class CallPlan:
     calls: tuple[ModelCall, ...]
 
     @classmethod
+    @functools.lru_cache(maxsize=16)  # plans are immutable; a sampler builds the same one run after run
     def build(cls, num_levels: int, solver: str) -> CallPlan:
         last = num_levels - 1
         if solver == "euler":
@@ -64,15 +66,27 @@ class CallPlan:
         return self.calls[index]
 
     def model_sigmas(
-        self, sigmas: torch.Tensor, churned: dict[int, torch.Tensor], first_call_churns: bool
+        self, sigmas: torch.Tensor, churn_levels: list[int], sigma_hats: torch.Tensor, first_call_churns: bool
     ) -> torch.Tensor:
         """
-        The noise level of every call, float32 `[len(self)]`: the churned level `churned[level]` where a step churns,
-        else the grid level `sigmas[level]`. With `first_call_churns=False` the first call is made at its grid level
-        even when its level churns (a generic diffusers loop has no point before its first call to add the churn).
+        The noise level of every call, float32 `[len(self)]`: the churned level `sigma_hats[k]` where a step churns
+        (its level is `churn_levels[k]`), else the grid level `sigmas[level]`. With `first_call_churns=False` the first
+        call is made at its grid level even when its level churns (a generic diffusers loop has no point before its
+        first call to add the churn).
         """
-        values = []
-        for call in self.calls:
-            churns = call.may_churn and call.level in churned and (first_call_churns or call.index > 0)
-            values.append(churned[call.level] if churns else sigmas[call.level])
-        return torch.stack(values)
+        levels, may_churn = self._level_index
+        values = sigmas[levels]
+        if churn_levels:
+            position = torch.full((sigmas.numel(),), -1, dtype=torch.long)
+            position[torch.tensor(churn_levels)] = torch.arange(len(churn_levels))
+            hat_index = position[levels]
+            churns = may_churn & (hat_index >= 0)
+            churns[0] &= first_call_churns
+            values[churns] = sigma_hats[hat_index[churns]]
+        return values
+
+    @functools.cached_property
+    def _level_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The level of every call (int64 `[len(self)]`) and whether it may churn (bool `[len(self)]`)."""
+        levels = torch.tensor([call.level for call in self.calls])
+        return levels, torch.tensor([call.may_churn for call in self.calls])

@@ -8,6 +8,9 @@ churn window in sigma, and the number of model calls a run makes. The sampler it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import Any
+
 import torch
 
 from .scheduler_checks import check_num_levels
@@ -60,6 +63,19 @@ class NoiseLevelsMixin:
                 "churn_window_mode='sigma' with a churn window in sigma units."
             )
         return entropy_quantile(self._table, q)
+
+    def _remembered(self, key: Hashable, compute: Callable[..., Any], *args: Any) -> Any:
+        """
+        `compute(*args)`, computed once per `key` for the current config (a grid, the churn window): a run of the
+        sampler starts with the same ones as the last. A config replaced by `register_to_config` starts afresh. The
+        values are shared between runs, so they are never modified in place.
+        """
+        memory = getattr(self, "_memory", None)
+        if memory is None or memory[0] is not self.config or len(memory[1]) > 64:
+            memory = self._memory = (self.config, {})
+        if key not in memory[1]:
+            memory[1][key] = compute(*args)
+        return memory[1][key]
 
     def _compute_grid(self, num_levels: int) -> torch.Tensor:
         """The `num_levels` noise levels, descending, float32 (bit-exact with the official `SigmaSchedule`)."""

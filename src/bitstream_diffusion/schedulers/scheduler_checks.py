@@ -190,17 +190,17 @@ def check_step_inputs(
     model_output: torch.Tensor,
     timestep: float | torch.Tensor,
     sample: torch.Tensor,
-    expected: torch.Tensor,
+    expected: float | torch.Tensor,
     evaluated_at: torch.Tensor | None = None,
 ) -> None:
     """
-    `timestep` must be the noise level the model was evaluated at (`expected`, a 0-d CPU float32 tensor) and
-    `model_output` must be shaped like `sample`. Nothing is read from the device when `timestep` is `evaluated_at` (the
-    tensor `churn` returned) or a view of the same memory (an element of `timesteps`).
+    `timestep` must be the noise level the model was evaluated at (`expected`, a float32 value as a Python float or a
+    0-d CPU tensor) and `model_output` must be shaped like `sample`. Nothing is read from the device when `timestep` is
+    `evaluated_at` (the tensor `churn` returned) or a view of the same memory (an element of `timesteps`).
     """
     if not _same_tensor(timestep, evaluated_at):
         values = torch.as_tensor(timestep).detach().to("cpu", torch.float64).flatten()
-        expected = expected.double()
+        expected = torch.as_tensor(expected, dtype=torch.float64)
         if values.numel() == 0 or not torch.allclose(values, expected.expand_as(values), rtol=1e-6, atol=0.0):
             raise ValueError(
                 f"`timestep` must be the noise level the model was evaluated at, {expected.item():.8g} (the sigma "
@@ -232,40 +232,38 @@ class ModelOutputMonitor:
     Finds the first model output of a run that is not a probability: NaN, infinite, or outside [0, 1] (for example
     logits passed instead of `sigmoid(logits)`).
 
-    `record` costs one `aminmax` reduction and a few scalar ops on the output's device, and reads nothing back to the
-    host, so a sampling loop stays free of per-step syncs. `raise_if_bad` reads the result once (a single host sync),
-    at the end of a run. Each recorded output carries a description, e.g. `("at level {level}", sigma)`, that names it
-    in the error.
+    `record` costs one `aminmax` reduction on the output's device (its two 0-d results are kept, a few bytes per
+    call) and reads nothing back to the host, so a sampling loop stays free of per-step syncs. `raise_if_bad` checks
+    all of them at once and reads one flag back (a single host sync) at the end of a run. Each recorded output carries
+    a description, e.g. `("at level {level}", sigma)`, that names it in the error.
     """
 
     def __init__(self) -> None:
-        self._descriptions: list[tuple[str, int | None, torch.Tensor | None]] = []
-        self._first_bad: torch.Tensor | None = None
-        self._bad_range: torch.Tensor | None = None
+        self._descriptions: list[tuple[str, int | None, float | torch.Tensor | None]] = []
+        self._lows: list[torch.Tensor] = []
+        self._highs: list[torch.Tensor] = []
 
-    def record(self, output: torch.Tensor, what: str, level: int | None = None, sigma: torch.Tensor | None = None):
-        """Remember whether `output` holds only probabilities; `what`, `level` and `sigma` name it in the error."""
+    def record(
+        self, output: torch.Tensor, what: str, level: int | None = None, sigma: float | torch.Tensor | None = None
+    ) -> None:
+        """Remember the range of `output`; `what`, `level` and `sigma` name it in the error."""
         low, high = torch.aminmax(output.detach())
-        is_bad = ~((low >= 0) & (high <= 1))  # NaN compares False either way
-        index = len(self._descriptions)
+        self._lows.append(low)
+        self._highs.append(high)
         self._descriptions.append((what, level, sigma))
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=output.device)
-            self._bad_range = torch.zeros(2, dtype=torch.float32, device=output.device)
-        first = is_bad & (self._first_bad < 0)
-        self._first_bad = torch.where(first, index, self._first_bad)
-        self._bad_range = torch.where(first, torch.stack([low, high]).float(), self._bad_range)
 
     def raise_if_bad(self) -> None:
         """Raise `ValueError` naming the first bad output recorded, if any (one host read)."""
-        if self._first_bad is None:
+        if not self._lows:
             return
-        index = int(self._first_bad)
-        if index < 0:
+        lows, highs = torch.stack(self._lows).float(), torch.stack(self._highs).float()
+        is_bad = ~((lows >= 0) & (highs <= 1))  # NaN compares False either way
+        if not bool(is_bad.any()):
             return
+        index = int(is_bad.int().argmax())  # the first bad output
+        low, high = float(lows[index]), float(highs[index])
         what, level, sigma = self._descriptions[index]
         where = what.format(level=level, sigma=float("nan") if sigma is None else float(sigma))
-        low, high = self._bad_range.tolist()
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(
                 f"The model output {where} contains NaN or infinite values; check the model's weights and precision "

@@ -14,7 +14,6 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.torch_utils import randn_tensor
 
 from .call_plan import CallPlan, ModelCall
 from .entropy_tables import EntropyTables, validate_entropy_tables  # noqa: F401 (validate_*: old import path)
@@ -30,12 +29,8 @@ from .scheduler_checks import (
     entropy_table_from_config,
 )
 from .scheduler_conventions import SchedulerConventionsMixin
-from .sigma_grids import (
-    churn_gammas,
-    churn_points,
-    gamma_from_paper,
-    gamma_from_s_churn,
-)
+from .sigma_grids import churn_gammas, churn_levels, gamma_from_paper, gamma_from_s_churn
+from .step_arithmetic import CallScalars, call_scalars, churn_, derivative, euler_update_, in_dtype, standard_normal
 
 __all__ = ["BIT_CENTER", "MAX_GAMMA", "ChurnOutput", "EntropyRateScheduler", "EntropyRateSchedulerOutput"]
 
@@ -280,14 +275,14 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
             num_inference_steps = grid.numel()
         else:
             check_num_levels(num_inference_steps)
-            grid = self._compute_grid(num_inference_steps)
+            grid = self._remembered(("grid", num_inference_steps), self._compute_grid, num_inference_steps)
         gamma = self.config.gamma if gamma is None else gamma
         check_gamma(gamma)
         check_churn_window_available(self.config, self._table, gamma)
         if gamma > MAX_GAMMA:
             logger.warning(f"gamma={gamma} exceeds sqrt(2) - 1; it is capped there as in EDM and the official code.")
 
-        window = self.churn_window_sigmas if gamma > 0 else None
+        window = self._remembered("churn window", lambda: self.churn_window_sigmas) if gamma > 0 else None
         self.num_inference_steps = num_inference_steps
         self.sigmas = torch.cat([grid, torch.zeros(1, dtype=torch.float32)])
         self.gammas = churn_gammas(grid, min(float(gamma), MAX_GAMMA), window)
@@ -295,23 +290,28 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
         self._reset_run()
         self._first_sigma = float(grid[0])
         self._plan = CallPlan.build(num_inference_steps, self.config.solver)
-        self._churn_points = churn_points(self.sigmas, self.gammas)
-        churned = {level: point[0] for level, point in self._churn_points.items()}
-        self.timesteps = self._plan.model_sigmas(self.sigmas, churned, first_call_churns=False).to(device)
+        levels, hats, deltas = churn_levels(self.sigmas, self.gammas)
+        self.timesteps = self._plan.model_sigmas(self.sigmas, levels, hats, first_call_churns=False).to(device)
         # One copy to the device per run: the loop hands these to the model without a host-to-device copy per call.
-        self._call_sigmas = self._plan.model_sigmas(self.sigmas, churned, first_call_churns=True).to(device)
-        self._level_sigmas = self.sigmas.to(device)
+        self._call_sigmas = self._plan.model_sigmas(self.sigmas, levels, hats, first_call_churns=True).to(device)
+        self._call_sigmas, self._level_sigmas = self._call_sigmas.unbind(), self.sigmas.to(device)
+        # The scalars of every step, once per run over the whole grid: the same values as per-step 0-d float32 math.
+        self._grid_scalars = call_scalars(self.sigmas[:-1], self.sigmas[1:])
+        self._churn_scalars = dict(zip(levels, call_scalars(hats, self.sigmas[[level + 1 for level in levels]])))
+        self._churn_deltas = dict(zip(levels, deltas.tolist()))
+        self._s_noise = torch.tensor(self.config.s_noise, dtype=torch.float32).item()  # a float32 value
 
     def _reset_run(self) -> None:
         """Forget the progress of a run (the grid stays)."""
         self._step_index = None
-        self._churned = None  # (call index, sigma handed to the model, the same level on the CPU) of a churned call
+        self._churned = None  # (call index, sigma handed to the model, its `CallScalars` on the CPU) of a churned call
         self._churn_driven = False  # `churn` was called in this run: the caller churns, `step` does not
         self._heun_state = None
         self._monitor = ModelOutputMonitor()
         self._first_sigma = None
         self._plan = None
-        self._churn_points = {}
+        self._churn_deltas: dict[int, float] = {}  # level -> sqrt(sigma_hat^2 - sigma^2) of each churned step
+        self._grid_scalars, self._churn_scalars = [], {}
 
     def _next_call(self) -> ModelCall:
         """The next model call of the run (the first one is `begin_index`, default 0)."""
@@ -328,15 +328,16 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
         """EDM's churn before `call`: `x + delta * (eps * s_noise)` with one `sample`-shaped draw (see `churn`)."""
         if isinstance(generator, list) and len(generator) != sample.shape[0]:
             raise ValueError(f"Got {len(generator)} generators for a batch of {sample.shape[0]}; pass one per row.")
+        delta = self._churn_deltas[call.level]
+        eps = standard_normal(tuple(sample.shape), generator, sample.device)
+        self._churned = (call.index, self._call_sigmas[call.index], self._churn_scalars[call.level])
+        if sample.dtype == torch.float32:
+            return churn_(eps, sample, self._s_noise, delta)  # in place, the same bits
         compute_dtype = torch.promote_types(sample.dtype, torch.float32)
-        _, delta = self._churn_points[call.level]
-        eps = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=torch.float32)
-        eps = eps * torch.tensor(self.config.s_noise, dtype=torch.float32)
-        self._churned = (call.index, self._call_sigmas[call.index], self._churn_points[call.level][0])
-        return sample.to(compute_dtype) + delta.to(compute_dtype) * eps.to(compute_dtype)
+        return sample.to(compute_dtype) + delta * (eps * self._s_noise).to(compute_dtype)
 
     def _churns(self, call: ModelCall) -> bool:
-        return call.may_churn and call.level in self._churn_points
+        return call.may_churn and call.level in self._churn_deltas
 
     def churn(
         self,
@@ -367,7 +368,7 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
         if self._churns(call):
             sample = self._apply_churn(sample, call, generator)
         else:
-            self._churned = (call.index, self._call_sigmas[call.index], self.sigmas[call.level])
+            self._churned = (call.index, self._call_sigmas[call.index], self._grid_scalars[call.level])
         self._step_index = call.index
         return ChurnOutput(sample, self._churned[1])
 
@@ -417,7 +418,8 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
             [`EntropyRateSchedulerOutput`] or `tuple`. `prev_sample` is float32 (float64 if `sample` is float64).
         """
         call = self._next_call()
-        sigma_hat, evaluated_at = self._evaluated_sigma(call)
+        scalars, evaluated_at = self._evaluated_sigma(call)
+        sigma_hat = scalars.sigma
         check_step_inputs(model_output, timestep, sample, sigma_hat, evaluated_at)
         self._monitor.record(model_output, "at level {level} (sigma={sigma:.6g})", level=call.level, sigma=sigma_hat)
 
@@ -429,24 +431,22 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
 
         if call.kind == "final":
             prev_sample = denoised
-        elif call.kind == "correction":
-            sample_hat, derivative, first_sigma, first_denoised = self._heun_state
-            sigma_next = self.sigmas[call.level]
-            step_size = (sigma_next - first_sigma).to(compute_dtype)
-            derivative_next = self._derivative(sample, denoised, sigma_next.to(compute_dtype))
-            prev_sample = sample_hat + 0.5 * step_size * (derivative + derivative_next)
+        elif call.kind == "correction":  # at the predictor's next level, with the predictor's step size
+            sample_hat, drift, first_scalars, first_denoised = self._heun_state
+            drift_next = derivative(sample, denoised, in_dtype(self._grid_scalars[call.level], compute_dtype))
+            prev_sample = sample_hat + 0.5 * first_scalars.step_size * (drift + drift_next)
             self._heun_state = None
             if self_cond is not None:
                 self_cond = first_denoised  # the official sampler carries the first evaluation's estimate
             refine_level = call.level
         else:
-            sigma_next = self.sigmas[call.level + 1]
-            step_size = (sigma_next - sigma_hat).to(compute_dtype)
-            derivative = self._derivative(sample, denoised, sigma_hat.to(compute_dtype))
-            prev_sample = sample + step_size * derivative
+            scalars = in_dtype(scalars, compute_dtype)
+            drift = derivative(sample, denoised, scalars)
             if call.kind == "predictor":
-                self._heun_state = (sample, derivative, sigma_hat, denoised)
+                prev_sample = sample + scalars.step_size * drift
+                self._heun_state = (sample, drift, scalars, denoised)
             else:
+                prev_sample = euler_update_(drift, sample, scalars.step_size)
                 refine_level = call.level + 1
 
         refined = self.config.self_conditioning == "refined" and refine_level is not None
@@ -463,15 +463,11 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
             prev_sample=prev_sample, pred_original_sample=denoised, self_cond=self_cond, refine_sigma=refine_sigma
         )
 
-    @staticmethod
-    def _derivative(sample: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The probability-flow drift `dx/dsigma = (x - D) / sigma`, in the official op order `-sigma * score`."""
-        return -sigma * ((denoised - sample) / sigma**2)
-
-    def _evaluated_sigma(self, call: ModelCall) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluated_sigma(self, call: ModelCall) -> tuple[CallScalars, torch.Tensor]:
         """
-        `(sigma, handed_to_model)` of the current call: the level it was evaluated at (0-d CPU float32, for the math)
-        and the tensor the caller got for the model (from `churn`, or the generic loop's `timesteps[i]`).
+        `(scalars, handed_to_model)` of the current call: the scalars of the level it was evaluated at (0-d CPU
+        float32, for the math; `scalars.sigma` is the level) and the tensor the caller got for the model (from
+        `churn`, or the generic loop's `timesteps[i]`).
         """
         if self._churned is not None and self._churned[0] == call.index:
             return self._churned[2], self._churned[1]
@@ -480,7 +476,7 @@ class EntropyRateScheduler(NoiseLevelsMixin, SchedulerConventionsMixin, Schedule
                 f"Step {call.level} churns (gamma={self.gammas[call.level].item():.4g}): call `scheduler.churn(sample, "
                 "generator=...)` before the model call and evaluate the model at the point it returns."
             )
-        return self.sigmas[call.level], self.timesteps[call.index]
+        return self._grid_scalars[call.level], self.timesteps[call.index]
 
     def _churn_next_call(self, sample: torch.Tensor, generator) -> torch.Tensor:
         """A generic loop's churn: the churn of the next call, applied at the end of this step."""

@@ -16,6 +16,7 @@ from .entropy_tables import EntropyTables
 
 __all__ = [
     "churn_gammas",
+    "churn_levels",
     "churn_points",
     "entropy_grid",
     "entropy_quantile",
@@ -108,20 +109,25 @@ def churn_gammas(grid: torch.Tensor, gamma: float, window: tuple[float, float] |
     return ((levels >= low) & (levels <= high)).to(torch.float64) * gamma
 
 
+def churn_levels(sigmas: torch.Tensor, gammas: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """
+    The steps `i` with `gammas[i] > 0`, with their `sigma_hat = float32(sigma_i * float32(1 + gamma_i))` and `delta =
+    sqrt(max(sigma_hat^2 - sigma_i^2, 0))` (float32 `[k]` each, in step order). Computed elementwise in float32,
+    bit-identical to the per-step scalar formula.
+    """
+    churned = torch.nonzero(gammas > 0).flatten()
+    sigmas = sigmas[: gammas.numel()][churned]
+    sigma_hats = sigmas * (1.0 + gammas[churned]).to(torch.float32)
+    deltas = (sigma_hats.square() - sigmas.square()).clamp_min(0.0).sqrt()
+    return churned.tolist(), sigma_hats, deltas
+
+
 def churn_points(sigmas: torch.Tensor, gammas: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """
-    For each step `i` with `gammas[i] > 0`: `(sigma_hat, delta)` with `sigma_hat = float32(sigma_i * float32(1 +
-    gamma_i))` and `delta = sqrt(max(sigma_hat^2 - sigma_i^2, 0))`, 0-d float32 tensors. Computed elementwise in
-    float32, bit-identical to the per-step scalar formula.
+    For each step `i` with `gammas[i] > 0`: `(sigma_hat, delta)` as 0-d float32 tensors (see [`churn_levels`]).
     """
-    churned = torch.nonzero(gammas > 0).flatten().tolist()
-    if not churned:
-        return {}
-    sigmas = sigmas[: gammas.numel()]
-    sigma_hats = sigmas * (1.0 + gammas).to(torch.float32)
-    deltas = (sigma_hats.square() - sigmas.square()).clamp_min(0.0).sqrt()
-    sigma_hats, deltas = sigma_hats.unbind(), deltas.unbind()
-    return {level: (sigma_hats[level], deltas[level]) for level in churned}
+    levels, sigma_hats, deltas = churn_levels(sigmas, gammas)
+    return dict(zip(levels, zip(sigma_hats.unbind(), deltas.unbind())))
 
 
 def gamma_from_s_churn(s_churn: float, num_inference_steps: int) -> float:
