@@ -24,6 +24,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "BitstreamDiffusionPipeline": ".pipeline_bitstream_diffusion",
     "BitstreamDiffusionPipelineOutput": ".pipeline_output",
     "DEFAULT_NUM_INFERENCE_STEPS": ".pipeline_bitstream_diffusion",
+    "LogLikelihoodOutput": ".likelihood",
     "TASK_NAME": ".bitstream_text_generation",
     "BitstreamPipelineFolderConfig": ".pipeline_folder",
     "BitstreamPipelineDenoiserLoader": ".pipeline_folder",
@@ -40,6 +41,7 @@ __all__ = [  # the keys of `_LAZY_ATTRIBUTES`, spelled out for linters and reade
     "BitstreamDiffusionPipeline",
     "BitstreamDiffusionPipelineOutput",
     "DEFAULT_NUM_INFERENCE_STEPS",
+    "LogLikelihoodOutput",
     "TASK_NAME",
     "BitstreamPipelineFolderConfig",
     "BitstreamPipelineDenoiserLoader",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         BitstreamTextGenerationPipeline,
         register_bitstream_text_generation_task,
     )
+    from .likelihood import LogLikelihoodOutput
     from .pipeline_bitstream_diffusion import (
         DEFAULT_NUM_INFERENCE_STEPS,
         BitstreamDiffusionPipeline,

@@ -19,6 +19,7 @@ from ..codecs.code_tokenizer import CodeTokenizer
 from .batching import MaxBatchSize, auto_max_batch_size, batch_chunks
 from .codec_mixin import TextBitCodecMixin
 from .known_bits import KnownBits
+from .likelihood import LikelihoodMixin
 from .pipeline_inputs import HALF_DTYPES, PipelineInputsMixin
 from .pipeline_output import BitstreamDiffusionPipelineOutput, OutputType
 from .random_streams import derive_sample_generators
@@ -58,7 +59,9 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class BitstreamDiffusionPipeline(RemoteCodeMixin, PipelineInputsMixin, TextBitCodecMixin, DiffusionPipeline):
+class BitstreamDiffusionPipeline(
+    RemoteCodeMixin, PipelineInputsMixin, TextBitCodecMixin, LikelihoodMixin, DiffusionPipeline
+):
     r"""
     Text generation with a CoBit continuous bitstream diffusion model (arXiv 2605.07013): unconditional, or with a
     text prefix (`prompt`) or known bits (`known_bits` / `known_mask`) clamped at every step.
