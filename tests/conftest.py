@@ -62,7 +62,11 @@ def wiki_summaries() -> list[str]:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: real-data or multi-process tests (run in CI too)")
+    config.addinivalue_line(
+        "markers",
+        "slow: real data, training runs, several processes or fresh interpreters (CI runs them; skip locally with "
+        "`-m 'not slow'`)",
+    )
 
 
 TINY_SDT = dict(
@@ -81,14 +85,27 @@ def make_tiny_sdt(seed: int = 0, scale: float = 0.1, **overrides):
     """A tiny SDT whose every weight is random (the zero-initialised adaLN layers too), so the network matters."""
     import torch
 
-    from bitstream_diffusion import SDTConfig, SDTModel
+    from bitstream_diffusion import SDTModel
 
-    model = SDTModel(SDTConfig(**{**TINY_SDT, **overrides})).eval()
+    model = SDTModel(make_tiny_sdt_config(**overrides)).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
     return model
+
+
+def make_tiny_sdt_config(**overrides):
+    """The configuration of the tiny test SDT (hidden 32, 2 layers, 2 heads, 15 bits x 16 tokens), with overrides."""
+    from bitstream_diffusion import SDTConfig
+
+    return SDTConfig(**{**TINY_SDT, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_sdt_config():
+    """`make_tiny_sdt_config(**config_overrides)`: an `SDTConfig` of the tiny test model."""
+    return make_tiny_sdt_config
 
 
 @pytest.fixture(scope="session")

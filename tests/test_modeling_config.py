@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_sdt
 
 from bitstream_diffusion import SDT_PRESETS, SDTConfig
 
@@ -99,7 +98,7 @@ def test_odd_head_dim_is_refused():
 
 # --------------------------------------------------------------------------------------------------- empty inputs
 @pytest.mark.parametrize("shape", [(0, 30), (2, 0), (0, 0)])
-def test_empty_batch_or_no_bits_is_a_clear_error(shape):
-    model = make_tiny_sdt()
+def test_empty_batch_or_no_bits_is_a_clear_error(shape, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     with pytest.raises(ValueError, match="at least one row and one token"):
         model(torch.zeros(shape), torch.ones(shape[0]))

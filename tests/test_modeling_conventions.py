@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import make_tiny_sdt
 
 from bitstream_diffusion import SDTModel
 from bitstream_diffusion.modeling import matched_filter_logits
@@ -17,8 +16,8 @@ HALF_DTYPES = [torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
-def model() -> SDTModel:
-    return make_tiny_sdt()
+def model(tiny_sdt_factory) -> SDTModel:
+    return tiny_sdt_factory()
 
 
 def run(model: SDTModel, **kwargs):
@@ -80,8 +79,8 @@ def test_output_hidden_states_are_the_token_states(model):
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_output_attentions_are_probabilities(implementation):
-    model = make_tiny_sdt()
+def test_output_attentions_are_probabilities(implementation, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     model.set_attn_implementation(implementation)
     plain = run(model)
     out = run(model, output_attentions=True)
@@ -120,13 +119,13 @@ def test_dummy_inputs_are_the_real_inputs(model):
 
 
 # --------------------------------------------------------------------------------------------------- checkpointing
-def test_activation_checkpointing_uses_the_current_api_without_future_warnings():
-    noisy, sigma, sc = make_tiny_sdt().dummy_inputs.values()
+def test_activation_checkpointing_uses_the_current_api_without_future_warnings(tiny_sdt_factory):
+    noisy, sigma, sc = tiny_sdt_factory().dummy_inputs.values()
     grads = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         for checkpointing in (False, True):
-            model = make_tiny_sdt(dropout=0.0).train()
+            model = tiny_sdt_factory(dropout=0.0).train()
             if checkpointing:
                 model.activation_checkpointing_enable()
                 assert model.is_activation_checkpointing

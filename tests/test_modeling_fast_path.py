@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import make_tiny_sdt
 
 from bitstream_diffusion import SDTModel
 
@@ -49,8 +48,8 @@ class CallCounter:
 
 # --------------------------------------------------------------------------------------------------- folding
 @pytest.mark.parametrize("self_conditioning,sc", [(True, "none"), (True, "zeros"), (True, "random"), (False, "none")])
-def test_folded_forward_equals_the_unfolded_modules(self_conditioning, sc):
-    model = make_tiny_sdt(self_conditioning=self_conditioning)
+def test_folded_forward_equals_the_unfolded_modules(self_conditioning, sc, tiny_sdt_factory):
+    model = tiny_sdt_factory(self_conditioning=self_conditioning)
     noisy, sigma, self_cond = inputs(model, sc)
     with torch.no_grad():
         fast, reference = model(noisy, sigma, self_cond), unfolded(model)(noisy, sigma, self_cond)
@@ -59,8 +58,8 @@ def test_folded_forward_equals_the_unfolded_modules(self_conditioning, sc):
     print(f"sc={sc}: max |folded - unfolded| = {(fast.logits - reference.logits).abs().max():.2e}")
 
 
-def test_folding_runs_in_eval_only_and_steps_aside_for_hooks():
-    model = make_tiny_sdt()
+def test_folding_runs_in_eval_only_and_steps_aside_for_hooks(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, self_cond = inputs(model)
     counter = CallCounter(model.patch_proj)
     with torch.no_grad():
@@ -84,8 +83,8 @@ class _ScaledLinear(torch.nn.Linear):
         return 2.0 * super().forward(x)
 
 
-def test_a_replaced_module_is_honoured_not_folded():
-    model = make_tiny_sdt()
+def test_a_replaced_module_is_honoured_not_folded(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, self_cond = inputs(model)
     with torch.no_grad():
         before = model(noisy, sigma, self_cond).logits
@@ -98,8 +97,8 @@ def test_a_replaced_module_is_honoured_not_folded():
     assert torch.equal(after, expected)
 
 
-def test_folding_is_never_stale_even_after_writes_through_data():
-    model = make_tiny_sdt()
+def test_folding_is_never_stale_even_after_writes_through_data(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, self_cond = inputs(model)
     with torch.no_grad():
         before = model(noisy, sigma, self_cond).logits
@@ -111,8 +110,8 @@ def test_folding_is_never_stale_even_after_writes_through_data():
     torch.testing.assert_close(after, expected, atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
 
 
-def test_gradients_through_the_folded_path_match():
-    model = make_tiny_sdt()
+def test_gradients_through_the_folded_path_match(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     reference = unfolded(model)
     noisy, sigma, self_cond = inputs(model)
     grads = []
@@ -122,8 +121,8 @@ def test_gradients_through_the_folded_path_match():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
-def test_saved_format_is_unchanged_by_folding(tmp_path):
-    model = make_tiny_sdt()
+def test_saved_format_is_unchanged_by_folding(tmp_path, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     noisy, sigma, self_cond = inputs(model)
     with torch.no_grad():
@@ -177,8 +176,8 @@ def count_host_reads():
 
 
 @pytest.mark.parametrize("sc", ["none", "random"])
-def test_no_host_reads_without_value_checks(sc):
-    model = make_tiny_sdt()
+def test_no_host_reads_without_value_checks(sc, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, self_cond = inputs(model, sc)
     with torch.no_grad():
         with count_host_reads() as checked:
@@ -190,8 +189,8 @@ def test_no_host_reads_without_value_checks(sc):
     assert torch.equal(out.logits, model(noisy, sigma, self_cond).logits)
 
 
-def test_value_checks_still_guard_direct_calls():
-    model = make_tiny_sdt()
+def test_value_checks_still_guard_direct_calls(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, _ = inputs(model)
     with pytest.raises(ValueError, match="finite and > 0"):
         model(noisy, torch.tensor([0.5, 0.0, 1.0]))
@@ -206,8 +205,8 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def test_compile_has_no_graph_break_and_no_recompile_over_sigmas(fresh_dynamo):
-    model = make_tiny_sdt()
+def test_compile_has_no_graph_break_and_no_recompile_over_sigmas(fresh_dynamo, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, _, self_cond = inputs(model)
     expected = {}
     with torch.no_grad():
@@ -223,8 +222,8 @@ def test_compile_has_no_graph_break_and_no_recompile_over_sigmas(fresh_dynamo):
     assert not fresh_dynamo["graph_break"]
 
 
-def test_compile_without_fullgraph_finds_no_graph_break(fresh_dynamo):
-    model = make_tiny_sdt()
+def test_compile_without_fullgraph_finds_no_graph_break(fresh_dynamo, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, sigma, self_cond = inputs(model)
     explanation = torch._dynamo.explain(model)(noisy, sigma, self_cond)
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -232,8 +231,8 @@ def test_compile_without_fullgraph_finds_no_graph_break(fresh_dynamo):
 
 
 @pytest.mark.slow
-def test_inductor_compile_matches_eager(fresh_dynamo):
-    model = make_tiny_sdt()
+def test_inductor_compile_matches_eager(fresh_dynamo, tiny_sdt_factory):
+    model = tiny_sdt_factory()
     noisy, _, self_cond = inputs(model)
     sigmas = [torch.full((3,), s) for s in SIGMAS[1:4]]
     with torch.no_grad():
@@ -278,22 +277,19 @@ def test_bf16_agrees_with_float32_on_the_golden_models(golden_dir, name, mode):
     assert agreeing / total >= 0.98
 
 
-def test_shape_only_forward_on_the_meta_device():
-    from conftest import TINY_SDT
-
-    from bitstream_diffusion import SDTConfig
-
+def test_shape_only_forward_on_the_meta_device(tiny_sdt_config):
+    config = tiny_sdt_config()
     with torch.device("meta"):
-        model = SDTModel(SDTConfig(**TINY_SDT)).eval()
-        noisy, sigma = torch.zeros(2, 4 * TINY_SDT["bits_per_token"]), torch.ones(2)
+        model = SDTModel(config).eval()
+        noisy, sigma = torch.zeros(2, 4 * config.bits_per_token), torch.ones(2)
     out = model(noisy, sigma, noisy, check_values=False)
-    assert out.logits.shape == (2, 4 * TINY_SDT["bits_per_token"]) and out.logits.is_meta
+    assert out.logits.shape == (2, 4 * config.bits_per_token) and out.logits.is_meta
 
 
-def test_rope_tables_are_filled_on_every_loading_path(tmp_path, golden_dir):
+def test_rope_tables_are_filled_on_every_loading_path(tmp_path, golden_dir, tiny_sdt_factory):
     from transformers import AutoModel
 
-    model = make_tiny_sdt()
+    model = tiny_sdt_factory()
     model.save_pretrained(tmp_path)
     folder = golden_dir / "model" / "lm1b_tiny"
     official = SDTModel.from_official_checkpoint(
@@ -306,8 +302,8 @@ def test_rope_tables_are_filled_on_every_loading_path(tmp_path, golden_dir):
         assert not any("rotary" in key for key in loaded.state_dict())  # never part of the weights
 
 
-def test_sequences_longer_than_the_tables_use_the_same_rope():
-    model = make_tiny_sdt()
+def test_sequences_longer_than_the_tables_use_the_same_rope(tiny_sdt_factory):
+    model = tiny_sdt_factory()
     rotary = model.rotary_emb
     num_tokens = model.config.max_position_embeddings + 5
     cos, sin = rotary(num_tokens, torch.device("cpu"), torch.float32)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_sdt
 from safetensors.torch import load_file, save_file
 
 from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
@@ -18,8 +17,8 @@ WEIGHTS = "model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> SDTModel:
-    return make_tiny_sdt()
+def tiny_model(tiny_sdt_factory) -> SDTModel:
+    return tiny_sdt_factory()
 
 
 @pytest.fixture
@@ -101,9 +100,9 @@ def test_output_loading_info_on_an_intact_folder(saved):
 
 
 @pytest.fixture
-def pipeline_folder(tmp_path, bert_tokenizer) -> Path:
+def pipeline_folder(tmp_path, bert_tokenizer, tiny_sdt_factory) -> Path:
     pipe = BitstreamDiffusionPipeline(
-        model=make_tiny_sdt(),
+        model=tiny_sdt_factory(),
         scheduler=EntropyRateScheduler(sigma_schedule="karras"),
         tokenizer=bert_tokenizer,
         codec_layout="lm1b",

@@ -213,11 +213,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- HF integration
-def _tiny_config(**overrides) -> SDTConfig:
-    values = dict(bits_per_token=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                  content_dim=8, head_hidden_size=16, max_position_embeddings=6)
-    values.update(overrides)
-    return SDTConfig(**values)
+#: The conftest tiny SDT, smaller still: 4 bits per token, 4 heads, 6 positions.
+SMALL = dict(bits_per_token=4, num_attention_heads=4, intermediate_size=48, max_position_embeddings=6)
 
 
 def _random_inputs(config: SDTConfig, batch=2, tokens=6, seed=0):
@@ -228,16 +225,8 @@ def _random_inputs(config: SDTConfig, batch=2, tokens=6, seed=0):
     return noisy, sigma, torch.rand(bits.shape, generator=generator)
 
 
-def _randomise(model: SDTModel, seed=0) -> SDTModel:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
-def test_network_output_is_zero_at_init():
-    config = _tiny_config()
+def test_network_output_is_zero_at_init(tiny_sdt_config):
+    config = tiny_sdt_config(**SMALL)
     model = SDTModel(config).eval()
     noisy, sigma, sc = _random_inputs(config)
     with torch.no_grad():
@@ -246,11 +235,11 @@ def test_network_output_is_zero_at_init():
     assert torch.equal(out.logits, matched_filter_logits(noisy, sigma))
 
 
-def test_save_and_from_pretrained_round_trip(tmp_path):
+def test_save_and_from_pretrained_round_trip(tmp_path, tiny_sdt_config, tiny_sdt_factory):
     from transformers import AutoConfig, AutoModel
 
-    config = _tiny_config()
-    model = _randomise(SDTModel(config))
+    config = tiny_sdt_config(**SMALL)
+    model = tiny_sdt_factory(**SMALL)
     noisy, sigma, sc = _random_inputs(config)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
@@ -263,9 +252,9 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_trust_remote_code_loads_in_a_fresh_process(tmp_path):
-    config = _tiny_config()
-    model = _randomise(SDTModel(config))
+def test_trust_remote_code_loads_in_a_fresh_process(tmp_path, tiny_sdt_config, tiny_sdt_factory):
+    config = tiny_sdt_config(**SMALL)
+    model = tiny_sdt_factory(**SMALL)
     noisy, sigma, sc = _random_inputs(config)
     with torch.no_grad():
         expected = model(noisy, sigma, sc).logits
@@ -290,9 +279,9 @@ def test_trust_remote_code_loads_in_a_fresh_process(tmp_path):
     assert "ok transformers_modules" in result.stdout
 
 
-def test_attention_implementations_agree():
-    config = _tiny_config()
-    model = _randomise(SDTModel(config))
+def test_attention_implementations_agree(tiny_sdt_config, tiny_sdt_factory):
+    config = tiny_sdt_config(**SMALL)
+    model = tiny_sdt_factory(**SMALL)
     noisy, sigma, sc = _random_inputs(config)
     outputs = {}
     for implementation in ("eager", "sdpa"):
@@ -302,12 +291,12 @@ def test_attention_implementations_agree():
     torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    config = _tiny_config(dropout=0.0)
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_sdt_config, tiny_sdt_factory):
+    config = tiny_sdt_config(**SMALL, dropout=0.0)
     noisy, sigma, sc = _random_inputs(config)
     grads = []
     for checkpointing in (False, True):
-        model = _randomise(SDTModel(config)).train()
+        model = tiny_sdt_factory(**SMALL, dropout=0.0).train()
         if checkpointing:
             model.activation_checkpointing_enable()  # transformers 5 name (gradient_checkpointing_* is deprecated)
         model(noisy, sigma, sc).logits.square().mean().backward()
@@ -316,9 +305,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].abs().sum() > 0
 
 
-def test_bf16_autocast_runs_and_keeps_float32_logits():
-    config = _tiny_config()
-    model = _randomise(SDTModel(config))
+def test_bf16_autocast_runs_and_keeps_float32_logits(tiny_sdt_config, tiny_sdt_factory):
+    config = tiny_sdt_config(**SMALL)
+    model = tiny_sdt_factory(**SMALL)
     noisy, sigma, sc = _random_inputs(config)
     with torch.no_grad():
         reference = model(noisy, sigma, sc).logits
@@ -329,16 +318,21 @@ def test_bf16_autocast_runs_and_keeps_float32_logits():
     assert worst(out.logits, reference) < 0.5
 
 
-def test_module_layout_flags():
-    assert SDTModel._no_split_modules == ["SDTBlock"]
-    assert SDTModel.supports_gradient_checkpointing and SDTModel._supports_sdpa and SDTModel._supports_flash_attn
-    assert all(block.attn.is_causal is False for block in SDTModel(_tiny_config()).blocks)
+def test_attention_is_bidirectional(tiny_sdt_factory):
+    """A diffusion denoiser sees the whole sequence: changing the last token's bits changes the first token's logits."""
+    model = tiny_sdt_factory(**SMALL)
+    noisy, sigma, sc = _random_inputs(model.config)
+    changed = noisy.clone()
+    changed[:, -model.config.bits_per_token :] += 1.0
+    with torch.no_grad():
+        first, second = model(noisy, sigma, sc).logits, model(changed, sigma, sc).logits
+    assert not torch.allclose(first[:, : model.config.bits_per_token], second[:, : model.config.bits_per_token])
 
 
 # --------------------------------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
-def small_model():
-    return SDTModel(_tiny_config()).eval()
+def small_model(tiny_sdt_config):
+    return SDTModel(tiny_sdt_config(**SMALL)).eval()
 
 
 @pytest.mark.parametrize(
