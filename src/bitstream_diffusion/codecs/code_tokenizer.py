@@ -22,9 +22,9 @@ the official tokenizers have ``[PAD]=0 [UNK]=1 [EOSEQ]=2``, ``"\\n"=3`` and a si
 ``eoseq_id``, ``base_char_offset``, ...) are ``__init__`` arguments, so ``save_pretrained`` writes them into
 ``tokenizer_config.json`` and ``from_pretrained`` reads them back. A saved folder also carries this file and
 :mod:`.code_tokenizer_meta`, so ``AutoTokenizer.from_pretrained(folder, trust_remote_code=True)`` loads it without
-this package; the two files therefore import nothing else from the package. The official release is a ``tokenizer_*.json`` (``tokenizers``
-format) plus a ``*.meta.json``: :meth:`CodeTokenizer.from_official_files` reads them and
-:meth:`CodeTokenizer.save_official_files` writes them byte for byte. Training lives in
+this package; the two files therefore import nothing else from the package. The official release is a
+``tokenizer_*.json`` (``tokenizers`` format) plus a ``*.meta.json``: :meth:`CodeTokenizer.from_official_files` reads
+them and :meth:`CodeTokenizer.save_official_files` writes them byte for byte. Training lives in
 :mod:`bitstream_diffusion.codecs.code_tokenizer_training`.
 """
 

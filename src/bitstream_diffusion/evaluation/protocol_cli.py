@@ -12,7 +12,7 @@ from typing import Any
 from .causal_lm_text import AR_TEXT_LAYOUTS
 from .generation import AUTOCAST_DTYPES
 from .protocol_likelihood import DEFAULT_HELDOUT_SIGMAS
-from .reference import REFERENCE_PACKINGS
+from .reference import PACKING_CHOICES
 
 __all__ = ["PAPER_EVALUATOR", "build_parser", "parse_max_batch_size", "protocol_kwargs"]
 
@@ -160,7 +160,7 @@ def _add_reference_flags(parser: argparse.ArgumentParser) -> None:
     reference.add_argument("--reference-column", default="text", help="text column / jsonl field (default text)")
     reference.add_argument(
         "--reference-packing",
-        choices=REFERENCE_PACKINGS,
+        choices=PACKING_CHOICES,
         default="auto",
         help="packed: rows as the official caches (LM1B/OWT); rows: one text per row",
     )

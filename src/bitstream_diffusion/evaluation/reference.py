@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "REFERENCE_PACKINGS",
+    "PACKING_CHOICES",
     "ReferenceData",
     "ReferenceRows",
     "build_reference",
@@ -46,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_PACKINGS: tuple[str, ...] = ("auto", "packed", "rows")
+PACKING_CHOICES: tuple[str, ...] = ("auto", "packed", "rows")
 """``packed``: rows as the training data is packed (LM1B/OWT layouts only); ``rows``: one text per row (the codec's
 ``encode_texts``); ``auto``: ``packed`` for the LM1B and OWT layouts, ``rows`` otherwise."""
 
@@ -145,13 +145,13 @@ def reference_token_rows(texts: Iterable[str], codec, num_rows: int, packing: st
         texts: reference texts in order (read lazily; reading stops once ``num_rows`` rows exist).
         codec: the pipeline's :class:`~bitstream_diffusion.TextBitCodec` (layout, tokenizer, row length).
         num_rows: how many rows.
-        packing: one of :data:`REFERENCE_PACKINGS`.
+        packing: one of :data:`PACKING_CHOICES`.
 
     Returns:
         ``int64`` ``[n, codec.num_tokens]`` with ``n <= num_rows`` (fewer when the texts run out).
     """
-    if packing not in REFERENCE_PACKINGS:
-        raise ValueError(f"`packing` must be one of {list(REFERENCE_PACKINGS)}, got {packing!r}.")
+    if packing not in PACKING_CHOICES:
+        raise ValueError(f"`packing` must be one of {list(PACKING_CHOICES)}, got {packing!r}.")
     if packing == "auto":
         packing = "packed" if codec.layout in ("lm1b", "owt") else "rows"
     if packing == "rows":
@@ -192,7 +192,7 @@ def build_reference_data(codec, texts: Iterable[str], num_rows: int, packing: st
             (:func:`~bitstream_diffusion.evaluation.causal_lm_text.causal_lm_text_rules`).
         texts: reference texts in order (:func:`read_reference_texts`).
         num_rows: how many rows.
-        packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`REFERENCE_PACKINGS`, :func:`reference_token_rows`).
+        packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`PACKING_CHOICES`, :func:`reference_token_rows`).
 
     Returns:
         :class:`ReferenceData`.
@@ -215,7 +215,7 @@ def build_reference(pipe, texts: Iterable[str], num_rows: int, packing: str = "a
         pipe: a :class:`~bitstream_diffusion.BitstreamDiffusionPipeline` (its codec is used).
         texts: reference texts in order (:func:`read_reference_texts`).
         num_rows: how many rows.
-        packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`REFERENCE_PACKINGS`, :func:`reference_token_rows`).
+        packing: ``"packed"``, ``"rows"`` or ``"auto"`` (:data:`PACKING_CHOICES`, :func:`reference_token_rows`).
 
     Returns:
         :class:`ReferenceRows`: each row decoded with the codec's rules, and the ids the token entropy counts.

@@ -71,7 +71,7 @@ from .generation import (
 )
 from .protocol_cli import build_parser, protocol_kwargs
 from .protocol_likelihood import DEFAULT_HELDOUT_SIGMAS, LikelihoodSettings, model_likelihood
-from .reference import REFERENCE_PACKINGS, ReferenceData, build_reference, build_reference_data, read_reference_texts
+from .reference import PACKING_CHOICES, ReferenceData, build_reference, build_reference_data, read_reference_texts
 from .reporting import (
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
@@ -86,7 +86,7 @@ from .reporting import (
 )
 from .sampler_specs import ARSamplerSpec, SamplerSpec, parse_spec
 from .scoring import (
-    REFERENCE_JOB,
+    REAL_TEXT_JOB,
     MauveSettings,
     generated_job,
     mauve_of_runs,
@@ -112,7 +112,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_REFERENCE_NUMBERS = ("gen_ppl", "gen_bits_per_token", "entropy", "num_samples", "num_scored_tokens")
+_REAL_TEXT_FIELDS = ("gen_ppl", "gen_bits_per_token", "entropy", "num_samples", "num_scored_tokens")
 
 
 @dataclass
@@ -166,8 +166,8 @@ def _check_arguments(specs, seeds, *, counts, autocast_dtype, reference_sources,
             f"{', '.join(needs_reference)} measure(s) the model against the held-out reference rows; pass "
             f"--reference-texts FILE or --reference-dataset NAME."
         )
-    if reference_packing not in REFERENCE_PACKINGS:
-        raise ValueError(f"`reference_packing` must be one of {list(REFERENCE_PACKINGS)}, got {reference_packing!r}.")
+    if reference_packing not in PACKING_CHOICES:
+        raise ValueError(f"`reference_packing` must be one of {list(PACKING_CHOICES)}, got {reference_packing!r}.")
     return parsed, seeds, autocast_name
 
 
@@ -255,7 +255,7 @@ def _score(state, scorer, my_jobs, by_run, reference: ReferenceData | None, batc
 
     jobs = []
     for name in my_jobs:
-        if name == REFERENCE_JOB:
+        if name == REAL_TEXT_JOB:
             jobs.append(reference_job(reference.texts, reference.entropy_ids))
             continue
         texts = [text for batch in by_run[name] for text in batch.texts]
@@ -274,8 +274,8 @@ def _report(state, output_dir, specs, seeds, by_run, scores, mauve, likelihood, 
     ]
     if likelihood is not None:
         rows.append(model_row(likelihood, settings, batch_size=batch_size))
-    if REFERENCE_JOB in scores:
-        rows.append(reference_row(scores[REFERENCE_JOB], settings))
+    if REAL_TEXT_JOB in scores:
+        rows.append(reference_row(scores[REAL_TEXT_JOB], settings))
     samples = {(specs[i].label, seed): [t for b in by_run[i, seed] for t in b.texts] for i, seed in runs}
     summary = summarize(specs, rows)
     if state.is_main_process:
@@ -394,7 +394,7 @@ def run_protocol(
     # The reference rows and the scorers come before the long part, so that their errors show at once.
     runs = [(spec_index, seed) for spec_index in range(len(resolved)) for seed in seeds]
     have_reference = reference_texts is not None or reference_dataset is not None
-    my_jobs = _share(state, ([REFERENCE_JOB] if have_reference else []) + runs)
+    my_jobs = _share(state, ([REAL_TEXT_JOB] if have_reference else []) + runs)
     with state.main_process_first():  # downloads (dataset, evaluator, featuriser) happen once
         reference = _load_reference(
             model.text_rules,
@@ -457,11 +457,11 @@ def run_protocol(
             f"{time.perf_counter() - began:.1f} s.\n{format_summary(summary)}\nWrote {output_dir}"
         )
     state.wait_for_everyone()
-    reference_scores = scores.get(REFERENCE_JOB)
+    reference_scores = scores.get(REAL_TEXT_JOB)
     return ProtocolResult(
         rows=rows,
         summary=summary,
-        reference=None if reference_scores is None else {k: getattr(reference_scores, k) for k in _REFERENCE_NUMBERS},
+        reference=None if reference_scores is None else {k: getattr(reference_scores, k) for k in _REAL_TEXT_FIELDS},
         generated_batches=generated,
         cached_batches=len(batches) - generated,
         output_dir=output_dir,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "REFERENCE_JOB",
+    "REAL_TEXT_JOB",
     "MauveSettings",
     "ScoringJob",
     "TextScores",
@@ -34,7 +34,7 @@ __all__ = [
     "score_jobs",
 ]
 
-REFERENCE_JOB = "reference"
+REAL_TEXT_JOB = "reference"
 """The name of the reference's scoring job (runs are named ``(spec_index, seed)``)."""
 
 
@@ -43,7 +43,7 @@ class ScoringJob:
     """Texts to score, with their entropy already known.
 
     Attributes:
-        name: :data:`REFERENCE_JOB` or ``(spec_index, seed)``.
+        name: :data:`REAL_TEXT_JOB` or ``(spec_index, seed)``.
         texts: the texts GenPPL scores.
         entropy: mean per-sample token entropy in nats.
     """
@@ -110,7 +110,7 @@ def reference_job(texts: list[str], entropy_ids: list[list[int]]) -> ScoringJob:
     from .entropy import token_entropy
 
     entropy, _ = token_entropy(entropy_ids)
-    return ScoringJob(REFERENCE_JOB, texts, entropy)
+    return ScoringJob(REAL_TEXT_JOB, texts, entropy)
 
 
 def generated_job(name: tuple[int, int], texts: list[str], entropies: Sequence[float]) -> ScoringJob:
@@ -191,8 +191,8 @@ def mauve_of_runs(state, scores: dict, settings: MauveSettings) -> dict[tuple[in
 
     from .mauve import mauve_from_features
 
-    reference = scores[REFERENCE_JOB].features
-    runs = sorted(name for name in scores if name != REFERENCE_JOB)
+    reference = scores[REAL_TEXT_JOB].features
+    runs = sorted(name for name in scores if name != REAL_TEXT_JOB)
     values = []
     with state.split_between_processes(runs) as mine:
         for run in mine:

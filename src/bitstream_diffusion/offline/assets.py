@@ -75,7 +75,8 @@ def smollm2_gguf_file() -> Path:
 def load_bert_uncased_tokenizer(clean_up_tokenization_spaces: bool = False):
     """The real bert-base-uncased tokenizer, as on the hub (lower-casing, ``model_max_length=512``).
 
-    ``clean_up_tokenization_spaces`` defaults to ``False``, what the official LM1B run saw (golden/README §8a).
+    ``clean_up_tokenization_spaces`` defaults to ``False``: the official LM1B run loaded its tokenizer that way, so
+    its decoded texts keep the spaces before punctuation (see ``docs/design.md#codecs``).
     """
     from transformers import BertTokenizer
 

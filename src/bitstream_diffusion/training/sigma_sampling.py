@@ -1,9 +1,9 @@
 """Training noise levels: the truncated log-normal base draw, entropy-table draws and the warm-up hand-over.
 
 Every function draws from one ``torch.Generator`` (or torch's global generator when ``generator=None``), on the
-generator's device (CPU by default), in float32, with exactly the shapes and the order of the official trainer
-(REFERENCE_TRAINING §4.3). With the same seed the draws are therefore bit-identical to the official ones
-(``golden/entropy_estimator``):
+generator's device (CPU by default), in float32, with exactly the shapes and the order of the official trainer's
+schedule controller. With the same seed the draws are therefore bit-identical to the official ones (the tests check
+this against draws recorded from the official code):
 
 * :func:`sample_lognormal_sigma` — ``randn(n_remaining)``, ``σ = exp(P_mean + P_std·z)``, accept σ in
   ``[sigma_min, sigma_max]`` filling the empty slots in index order, repeat until full;
