@@ -113,14 +113,13 @@ def ar_config_matching_sdt(
     depth up to twice its layers (at least 4), tied and untied embeddings; the heads split the width into even head
     widths closest to the SDT's. Among the shapes within ``tolerance`` it takes the one with the smallest
     ``|ln(width / W)| + |ln(layers / L)| + |ln(head width / H)| + |ln(params / P)|``: at the paper's sizes that is
-    the SDT's own shape. A
-    small SDT gets a narrow model, since the token embedding alone takes ``vocab_size x width`` parameters (the
-    quickstart SDT has 1.49M parameters; a bert vocabulary of 30,522 at width 48 is already 1.47M).
+    the SDT's own shape (or, for CoBit-M against GPT-2's vocabulary, 17 heads instead of 16). A small SDT gets a
+    narrow model, since the token embedding alone takes ``vocab_size x width`` parameters (the quickstart SDT has
+    1.49M parameters; a bert vocabulary of 30,522 at width 48 is already 1.47M).
 
     Args:
         sdt_config: the SDT whose size is matched.
-        vocab_size: the rows' vocabulary (``codec.vocab_size``: 30,522 for bert-base-uncased, the code vocabulary
-            for OWT).
+        vocab_size: the rows' vocabulary (30,522 for bert-base-uncased; 50,257 for the OWT baseline's GPT-2 windows).
         max_position_embeddings: tokens per row; default the SDT's.
         tolerance: the largest relative size difference allowed (0.1 = 10%).
         tie_word_embeddings: force tied (``True``) or untied (``False``) input/output embeddings; ``None`` searches
