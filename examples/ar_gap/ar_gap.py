@@ -4,10 +4,11 @@
 """CoBit against an autoregressive baseline of the same size, trained on the same tokens with the same budget and
 evaluated under the same protocol, in one command.
 
-    python examples/ar_gap/ar_gap.py --output-dir ar-gap            # the full setting (about 1 hour on 2 CPU cores)
+    python examples/ar_gap/ar_gap.py --output-dir ar-gap            # the full setting (about 25 min on 2 CPU cores)
     python examples/ar_gap/ar_gap.py --output-dir ar-gap --quick    # a smoke run (under 10 minutes on 2 CPU cores)
 
-Each step is a command a user could run by hand (this script runs them as subprocesses and reads their files):
+Each step is a command a user could run by hand (this script runs them as subprocesses and reads their files; the
+two models go side by side, each trained and then evaluated, with half the cores each):
 
 1. train CoBit with ``configs/tiny-wiki.yaml`` and the baseline with ``configs/tiny-wiki-ar.yaml``: a
    ``LlamaForCausalLM`` of the SDT's parameter count on the same 32-token rows of the embedded Wikipedia summaries,
@@ -36,6 +37,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-vlb", action="store_true", help="skip the likelihood of the reference rows")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished run is there")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2),
-                        help="models trained and evaluated side by side, each with cpu_count / jobs threads "
-                             "(default 2: both at once)")
+                        help="models handled side by side (each trained, then evaluated), each with cpu_count / jobs "
+                             "threads (default 2: both at once)")
     parser.add_argument("--train-arg", action="append", default=[], metavar="FLAG=VALUE",
                         help="extra training flag for both runs, e.g. --train-arg train_batch_size=16")
     return parser
@@ -140,52 +142,39 @@ def resolve_evaluator(choice: str) -> str:
 # ---------------------------------------------------------------------------------------------------- steps
 
 
-class Clock:
-    """Wall seconds of each step and CPU seconds of each command (its process and the processes it started)."""
-
-    def __init__(self):
-        self.steps: dict[str, dict[str, float]] = {}
-
-    def run(self, name: str, function, *args, **kwargs):
-        """Time ``function``; a ``{command name: CPU seconds}`` result is recorded per command, anything else is
-        returned."""
-        wall = time.perf_counter()
-        result = function(*args, **kwargs)
-        wall = round(time.perf_counter() - wall, 1)
-        cpu_by_command = result.pop("cpu_s", {}) if isinstance(result, dict) else {}
-        self.steps[name] = {"wall_s": wall, "cpu_s": round(sum(cpu_by_command.values()), 1),
-                            **{f"cpu_s {command}": round(value, 1) for command, value in cpu_by_command.items()}}
-        logger.info(f"{name}: {wall} s wall, {self.steps[name]['cpu_s']} s CPU")
-        return result
-
-
-def run_commands(commands: dict[str, tuple[list[str], Path]], jobs: int) -> dict[str, float]:
-    """Run the commands, ``jobs`` at a time, each with ``cpu_count // jobs`` threads (unless ``OMP_NUM_THREADS`` is
-    set), output to its log; returns each command's CPU seconds. Fails with the tail of the first failing log."""
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+def _thread_environment(jobs: int) -> dict[str, str]:
+    """The commands' environment: ``cpu_count // jobs`` threads each (unless ``OMP_NUM_THREADS`` is set)."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-    names, cpu, failed = list(commands), {}, []
-    for start in range(0, len(names), jobs):
-        running = []
-        for name in names[start : start + jobs]:
-            command, log_file = commands[name]
-            log = log_file.open("w", encoding="utf-8")
-            running.append((name, log, log_file, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                                  env=env)))
-        for name, log, log_file, process in running:
-            _, status, usage = os.wait4(process.pid, 0)  # the child's own CPU time
-            process.returncode = os.waitstatus_to_exitcode(status)
-            log.close()
-            cpu[name] = usage.ru_utime + usage.ru_stime
-            if process.returncode != 0:
-                failed.append((name, process.returncode, log_file))
-    if failed:
-        name, code, log_file = failed[0]
-        tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise RuntimeError(f"{name} failed (exit {code}); log {log_file}:\n{tail}")
-    return cpu
+    return env
+
+
+def run_lane(steps: list[tuple[str, list[str], Path]], env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Run ``(name, command, log file)`` steps one after the other; returns each step's wall and CPU seconds (the
+    command's own process). Stops at the first failure with the tail of its log."""
+    times = {}
+    for name, command, log_file in steps:
+        wall = time.perf_counter()
+        with log_file.open("w", encoding="utf-8") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        cpu = usage.ru_utime + usage.ru_stime
+        times[name] = {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(cpu, 1)}
+        logger.info(f"{name}: {times[name]['wall_s']} s wall, {times[name]['cpu_s']} s CPU")
+        if process.returncode != 0:
+            tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(f"{name} failed (exit {process.returncode}); log {log_file}:\n{tail}")
+    return times
+
+
+def run_lanes(lanes: dict[str, list[tuple[str, list[str], Path]]], jobs: int) -> dict[str, dict[str, float]]:
+    """Run the lanes (one per model: train, then evaluate), ``jobs`` of them side by side."""
+    env = _thread_environment(jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_lane, steps, env) for steps in lanes.values()]
+        return {name: step for future in futures for name, step in future.result().items()}
 
 
 def train_command(kind: str, output_dir: Path, setting: Setting, extra: list[str]) -> list[str]:
@@ -203,18 +192,10 @@ def train_command(kind: str, output_dir: Path, setting: Setting, extra: list[str
     return command
 
 
-def train(output_dir: Path, setting: Setting, extra: list[str], *, retrain: bool, jobs: int) -> dict[str, Any]:
-    """Train both models (a finished run is reused unless ``retrain``); returns ``{kind: exported folder}``."""
-    commands = {}
-    for kind in ("cobit", "ar"):
-        summary_file = output_dir / kind / "train_summary.json"
-        finished = summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "completed"
-        if finished and not retrain:
-            logger.info(f"{kind}: reusing the finished run in {output_dir / kind}")
-            continue
-        commands[kind] = (train_command(kind, output_dir, setting, extra), output_dir / f"train-{kind}.log")
-        logger.info(f"{kind}: training ({' '.join(commands[kind][0][1:])})")
-    return {"cpu_s": run_commands(commands, jobs), **{kind: output_dir / kind / EXPORTS[kind] for kind in EXPORTS}}
+def is_trained(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished training run."""
+    summary_file = run_dir / "train_summary.json"
+    return summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "completed"
 
 
 def heldout_summaries(*, num_tokens: int, validation_fraction: float, max_validation_rows: int | None) -> list[str]:
@@ -278,16 +259,6 @@ def evaluate_command(kind: str, folder: Path, output_dir: Path, setting: Setting
     if vlb:
         command += ["--vlb", "--vlb-num-mc-samples", str(setting.vlb_num_mc_samples)]
     return command
-
-
-def evaluate(folders: dict[str, Path], output_dir: Path, setting: Setting, *, jobs: int, **options: Any) -> dict:
-    """Run the protocol on both models; returns ``{kind: its output folder}``."""
-    commands = {}
-    for kind in ("cobit", "ar"):
-        command = evaluate_command(kind, folders[kind], output_dir, setting, **options)
-        commands[kind] = (command, output_dir / f"eval-{kind}.log")
-        logger.info(f"{kind}: evaluating ({' '.join(command[3:])})")
-    return {"cpu_s": run_commands(commands, jobs), **{kind: output_dir / "eval" / kind for kind in commands}}
 
 
 # ---------------------------------------------------------------------------------------------------- summary
@@ -357,7 +328,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(6.4, 4.8))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    styles = {"cobit": ("o-", "CoBit (gamma)", "gamma"), "ar": ("s--", "autoregressive (temperature)", "temperature")}
+    styles = {"cobit": ("o-", "CoBit (gamma)", "gamma"), "ar": ("s--", "autoregressive (temperature T)", "temperature")}
     for kind, (style, label, knob) in styles.items():
         points = sorted((r for r in rows if r["model"] == kind), key=lambda r: r["entropy"])
         if not points:
@@ -366,7 +337,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         line = axes.errorbar(x, y, xerr=[r["entropy_std"] or 0 for r in points],
                              yerr=[r["gen_ppl_std"] or 0 for r in points], fmt=style, capsize=3, label=label)
         for r in points:
-            axes.annotate(f"{r[knob]}", (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(4, 4),
+            name = "T" if knob == "temperature" else "γ"
+            axes.annotate(f"{name}={r[knob]}", (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(4, 4),
                           fontsize="x-small", color=line[0].get_color())
     for r in rows:
         if r["model"] == "reference":
@@ -383,7 +355,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_summary(output_dir: Path, eval_dirs: dict[str, Path], folders: dict[str, Path], setting: Setting,
-                  evaluator: str, clock: Clock, quick: bool) -> dict[str, Any]:
+                  evaluator: str, times: dict[str, dict[str, float]], wall_s: float, quick: bool) -> dict[str, Any]:
     from bitstream_diffusion.utils.atomic_io import write_json_atomic, write_text_atomic
 
     rows, reference = [], None
@@ -406,9 +378,9 @@ def write_summary(output_dir: Path, eval_dirs: dict[str, Path], folders: dict[st
         "setting": "quick" if quick else "full",
         "settings": setting.__dict__ | {"gammas": list(setting.gammas), "temperatures": list(setting.temperatures),
                                         "seeds": list(setting.seeds)},
-        "times": clock.steps,
-        "wall_s": round(sum(step["wall_s"] for step in clock.steps.values()), 1),
-        "cpu_s": round(sum(step["cpu_s"] for step in clock.steps.values()) + _own_cpu_seconds(), 1),
+        "times": times,
+        "wall_s": wall_s,
+        "cpu_s": round(sum(step["cpu_s"] for step in times.values()) + _own_cpu_seconds(), 1),
     }
     write_json_atomic(output_dir / "summary.json", summary)
     table = format_table(rows)
@@ -418,7 +390,7 @@ def write_summary(output_dir: Path, eval_dirs: dict[str, Path], folders: dict[st
         "forward pass per generated token. Held-out bits per token: CoBit's variational bound (an upper bound) and "
         "the baseline's exact value, on the reference rows, per bert-base-uncased token. Wall "
         f"{summary['wall_s']} s, CPU {summary['cpu_s']} s (this process and its commands): "
-        + ", ".join(f"{name} {t['wall_s']} s / {t['cpu_s']} s" for name, t in clock.steps.items()) + ".\n"
+        + ", ".join(f"{name} {t['wall_s']} s / {t['cpu_s']} s" for name, t in times.items()) + ".\n"
     )
     write_text_atomic(output_dir / "summary.md", table + notes)
     try:
@@ -436,13 +408,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if _cuda_available() else "cpu")
-    clock = Clock()
-    evaluator = clock.run("evaluator", resolve_evaluator, args.evaluator)
-    reference, _ = clock.run("reference", write_reference, output_dir)  # also prepares the rows both runs read
-    folders = clock.run("train", train, output_dir, setting, args.train_arg, retrain=args.retrain, jobs=args.jobs)
-    eval_dirs = clock.run("evaluate", evaluate, folders, output_dir, setting, jobs=args.jobs, evaluator=evaluator,
-                          device=device, reference=reference, vlb=not args.no_vlb)
-    return write_summary(output_dir, eval_dirs, folders, setting, evaluator, clock, args.quick)
+    began = time.perf_counter()
+    evaluator = resolve_evaluator(args.evaluator)
+    reference, _ = write_reference(output_dir)  # also prepares the rows both runs read
+    folders = {kind: output_dir / kind / EXPORTS[kind] for kind in EXPORTS}
+    lanes = {}
+    for kind in ("cobit", "ar"):  # each model: train (unless already trained), then evaluate
+        steps = []
+        if args.retrain or not is_trained(output_dir / kind):
+            steps.append((f"train {kind}", train_command(kind, output_dir, setting, args.train_arg),
+                          output_dir / f"train-{kind}.log"))
+        else:
+            logger.info(f"{kind}: reusing the finished run in {output_dir / kind}")
+        steps.append((f"evaluate {kind}", evaluate_command(kind, folders[kind], output_dir, setting,
+                                                           evaluator=evaluator, device=device, reference=reference,
+                                                           vlb=not args.no_vlb), output_dir / f"eval-{kind}.log"))
+        for name, command, _ in steps:
+            logger.info(f"{name}: {' '.join(command[1:])}")
+        lanes[kind] = steps
+    times = run_lanes(lanes, args.jobs)
+    eval_dirs = {kind: output_dir / "eval" / kind for kind in EXPORTS}
+    wall = round(time.perf_counter() - began, 1)
+    return write_summary(output_dir, eval_dirs, folders, setting, evaluator, times, wall, args.quick)
 
 
 def _own_cpu_seconds() -> float:
