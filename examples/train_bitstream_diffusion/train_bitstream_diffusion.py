@@ -16,6 +16,9 @@ hand-over to the online entropy-rate table (estimated from every rank); self-con
     # the paper's CoBit-S LM1B on 2 GPUs, bf16
     accelerate launch --num_processes 2 examples/train_bitstream_diffusion/train_bitstream_diffusion.py \
         --config examples/train_bitstream_diffusion/configs/cobit-s-lm1b.yaml
+    # the autoregressive baseline of the quickstart: a Llama of the SDT's size, the same rows, batch and schedule
+    python examples/train_bitstream_diffusion/train_bitstream_diffusion.py \
+        --config examples/train_bitstream_diffusion/configs/tiny-wiki-ar.yaml
 
 Every flag can live in the YAML config (keys are the flag names); flags on the command line override the file. The
 flags are parsed before torch, accelerate and transformers load (they load in the functions that use them), so
@@ -114,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DataLoader worker processes per training process (0: load in the main process).")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--model_type", type=str, default="cobit", choices=["cobit", "ar"],
+                       help="cobit: the SDT; ar: the autoregressive baseline, a transformers LlamaForCausalLM with the "
+                            "parameter count of the SDT the model flags describe (within 10%%), trained with "
+                            "next-token cross-entropy on the same rows, batch, steps and optimizer.")
     model.add_argument("--model_preset", type=str, default="cobit-s-lm1b",
                        help="cobit-s-lm1b, cobit-s-owt or cobit-m-owt (SDTConfig.from_preset).")
     model.add_argument("--model_config_name_or_path", type=str, default=None,
@@ -227,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation_batch_size", type=int, default=None, help="Default: --train_batch_size.")
     run.add_argument("--max_validation_batches", type=int, default=None,
                      help="Cap the validation batches per process (default: all validation rows).")
+    run.add_argument("--validation_vlb_batches", type=int, default=4,
+                     help="Validation batches (per process) on which the variational bound (vlb_bpd, bits per "
+                          "token, ppl_bound) is computed with the EMA weights; 0 disables it. AR runs report the "
+                          "exact perplexity on the --max_validation_batches batches instead.")
+    run.add_argument("--validation_vlb_num_mc_samples", type=int, default=1,
+                     help="Log-sigma draws per row of the bound (K): each batch costs 1 + K forward passes.")
     run.add_argument("--num_validation_samples", type=int, default=4, help="Texts generated at each validation.")
     run.add_argument("--validation_inference_steps", type=int, default=128,
                      help="Sampling steps of the texts generated at validation and after export.")
@@ -284,6 +297,10 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
     if not 0.0 <= args.self_conditioning_prob <= 1.0:
         raise ValueError(f"--self_conditioning_prob must lie in [0, 1], got {args.self_conditioning_prob}.")
+    if args.validation_vlb_batches < 0 or args.validation_vlb_num_mc_samples < 1:
+        raise ValueError("--validation_vlb_batches must be >= 0 (0 disables the bound) and "
+                         f"--validation_vlb_num_mc_samples >= 1, got {args.validation_vlb_batches} and "
+                         f"{args.validation_vlb_num_mc_samples}.")
     if not 0.0 <= args.ema_decay <= 1.0:
         raise ValueError(f"--ema_decay must lie in [0, 1], got {args.ema_decay}.")
     if args.push_to_hub and args.hub_model_id is None:
@@ -294,7 +311,7 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def build_data(args, accelerator: Accelerator):
     """Tokenizers, codec and the (cached) train/validation row datasets."""
-    from bitstream_diffusion.training import reporting
+    from bitstream_diffusion.training import autoregressive_data, reporting
     from bitstream_diffusion.training.data import (
         DataRecipe,
         TextSource,
@@ -310,7 +327,12 @@ def build_data(args, accelerator: Accelerator):
     code_tokenizer = load_code_tokenizer(args.code_tokenizer_name_or_path)
     recipe = DataRecipe(args.data_recipe, num_tokens=args.num_tokens, bits_per_token=args.bits_per_token,
                         boundary=args.boundary_token, base_seq_len=args.owt_base_seq_len)
-    codec = build_codec(recipe, tokenizer, code_tokenizer)  # a tokenizer too wide for bits_per_token fails here
+    prepare = prepare_token_rows
+    if args.model_type == "ar" and args.data_recipe == "owt":  # the baseline reads the GPT-2 windows, not codes
+        codec = autoregressive_data.GPT2WindowCodec(tokenizer, args.owt_base_seq_len)
+        prepare = autoregressive_data.prepare_gpt2_windows
+    else:
+        codec = build_codec(recipe, tokenizer, code_tokenizer)  # a tokenizer too wide for bits_per_token fails here
 
     def source(split: str, files: list[str] | None, name: str | None, path: str | None = None) -> TextSource:
         return TextSource(dataset_name=name, dataset_path=path, dataset_config_name=args.dataset_config_name,
@@ -322,14 +344,14 @@ def build_data(args, accelerator: Accelerator):
     kwargs = dict(cache_dir=args.data_cache_dir, batch_size=args.preprocessing_batch_size,
                   show_progress=accelerator.is_local_main_process and reporting.progress_bars_enabled())
     with accelerator.main_process_first():
-        train_rows = prepare_token_rows(train_source, recipe, tokenizer, code_tokenizer, **kwargs)
+        train_rows = prepare(train_source, recipe, tokenizer, code_tokenizer, **kwargs)
         if args.validation_split is not None or args.validation_files:
             own_files = bool(args.validation_files)
             val_source = source(args.validation_split or "train", args.validation_files,
                                 None if own_files else args.dataset_name,
                                 None if own_files else args.train_dataset_path)
             val_source.max_documents = None
-            val_rows = prepare_token_rows(val_source, recipe, tokenizer, code_tokenizer, **kwargs)
+            val_rows = prepare(val_source, recipe, tokenizer, code_tokenizer, **kwargs)
             train_range, val_range = (0, len(train_rows)), (0, len(val_rows))
             if args.max_validation_rows is not None:
                 val_range = (0, min(len(val_rows), args.max_validation_rows))
@@ -361,6 +383,20 @@ def build_model_config(args, bits_per_token: int, num_tokens: int) -> SDTConfig:
     return SDTConfig.from_preset(args.model_preset, **overrides)
 
 
+def build_model(args, config: SDTConfig, codec, tokenizer):
+    """The SDT of ``config``, or with ``--model_type ar`` the transformers causal LM of its size."""
+    from bitstream_diffusion import SDTModel
+    from bitstream_diffusion.training import autoregressive
+
+    if args.model_type == "ar":
+        return autoregressive.build_causal_lm(autoregressive.ar_config_matching_sdt(
+            config, codec.vocab_size, max_position_embeddings=codec.num_tokens,
+            **autoregressive.causal_lm_token_ids(tokenizer)))
+    if args.self_conditioning_prob > 0 and not config.self_conditioning:
+        raise ValueError("--self_conditioning_prob > 0 needs a model with self_conditioning=True.")
+    return SDTModel(config)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     # the heavy libraries load here, after the flags are parsed (--help never waits for them)
     from datetime import timedelta
@@ -374,7 +410,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import get_scheduler
     from transformers.utils.logging import tqdm
 
-    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler, SDTModel
+    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
     from bitstream_diffusion.training import (
         EntropyRateEstimator,
         ExponentialMovingAverage,
@@ -383,9 +419,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         TrainingSigmaSampler,
         TrainingState,
         accelerate_gather_fn,
+        autoregressive,
+        autoregressive_export,
         bitstream_loss,
         checkpointing,
         export,
+        likelihood,
         lognormal_fit,
         lognormal_prior_tables,
         noisy_batch,
@@ -441,14 +480,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # 1. data (prepared once, by the main process first; the others reuse the cache)
     tokenizer, code_tokenizer, codec, train_dataset, val_dataset = build_data(args, accelerator)
     bits_per_token, num_tokens = codec.bits_per_token, codec.num_tokens
-    hf_code_tokenizer = None if code_tokenizer is None else code_tokenizer.hf_tokenizer  # what the pipeline holds
+    hf_code_tokenizer = code_tokenizer  # a transformers tokenizer, as the pipeline holds it
 
     # 2. model, EMA, optimiser, schedules, estimator (same seed on every rank: identical initial weights)
     set_seed(args.seed)
     config = build_model_config(args, bits_per_token, num_tokens)
-    if args.self_conditioning_prob > 0 and not config.self_conditioning:
-        raise ValueError("--self_conditioning_prob > 0 needs a model with self_conditioning=True.")
-    model = SDTModel(config)
+    is_ar = args.model_type == "ar"
+    model = build_model(args, config, codec, tokenizer)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model.train()
@@ -520,6 +558,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("***** Running training *****")
     logger.info(f"  Rows: {len(train_dataset)} train, {len(val_dataset)} validation; {num_tokens} tokens x "
                 f"{bits_per_token} bits; model: {sum(p.numel() for p in unwrapped.parameters()):,} parameters")
+    if is_ar:
+        logger.info(f"  Autoregressive baseline {type(unwrapped).__name__} (width {unwrapped.config.hidden_size}, "
+                    f"{unwrapped.config.num_hidden_layers} layers) of the SDT's size: "
+                    f"{autoregressive.sdt_num_parameters(config):,} parameters")
     logger.info(f"  Batch: {args.train_batch_size} per device x {world} process(es) x "
                 f"{args.gradient_accumulation_steps} accumulation; optimizer steps: {max_train_steps} "
                 f"({steps_per_epoch} per epoch), starting at {state.global_step}")
@@ -532,20 +574,37 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         """EMA weights, eval mode: the loss on the validation rows (every process) and a few texts (main process;
         not possible with sharded FSDP weights). A NaN loss stops the run before a checkpoint is written."""
         texts: list[str] = []
+        metrics: dict[str, float] = {}
         with ema.average_parameters(model) if ema is not None else contextlib.nullcontext():
             model.eval()
             try:
-                loss = validation_loss(
-                    accelerator, model, val_dataloader, bits_per_token=bits_per_token,
-                    reference_sampler=reference_sampler, seed=args.seed,
-                    self_conditioning_prob=args.self_conditioning_prob, loss_type=args.loss_type,
-                    weighting=args.loss_weighting, max_batches=args.max_validation_batches,
-                    estimator=estimator if args.entropy_include_validation else None,
-                )
+                if is_ar:  # the exact held-out perplexity; the loss is nats per predicted token
+                    metrics = likelihood.validation_perplexity(accelerator, model, val_dataloader,
+                                                               start_token_id=unwrapped.config.bos_token_id,
+                                                               max_batches=args.max_validation_batches)
+                    loss = metrics.pop("loss")
+                else:
+                    loss = validation_loss(
+                        accelerator, model, val_dataloader, bits_per_token=bits_per_token,
+                        reference_sampler=reference_sampler, seed=args.seed,
+                        self_conditioning_prob=args.self_conditioning_prob, loss_type=args.loss_type,
+                        weighting=args.loss_weighting, max_batches=args.max_validation_batches,
+                        estimator=estimator if args.entropy_include_validation else None,
+                    )
+                    if args.validation_vlb_batches > 0:  # the variational bound on the likelihood, in bits
+                        metrics = likelihood.validation_vlb(
+                            accelerator, model, val_dataloader, bits_per_token=bits_per_token,
+                            num_batches=args.validation_vlb_batches,
+                            num_mc_samples=args.validation_vlb_num_mc_samples, seed=args.seed,
+                        )
                 if not math.isfinite(loss):
                     raise TrainingDivergedError.at("EMA validation loss", loss, state, last_checkpoint, step=step)
                 sampling = args.num_validation_samples > 0 and accelerator.distributed_type != DistributedType.FSDP
-                if sampling and accelerator.is_main_process:
+                if sampling and accelerator.is_main_process and is_ar:
+                    texts, _ = autoregressive_export.generate_texts(
+                        unwrapped, codec, args.num_validation_samples, seed=args.seed,
+                        start_token_id=unwrapped.config.bos_token_id)
+                elif sampling and accelerator.is_main_process:
                     pipe = export.build_pipeline(unwrapped, current_tables(), tokenizer, hf_code_tokenizer, codec,
                                                  gamma=args.validation_gamma, sigma_min=args.sigma_min,
                                                  sigma_max=args.sigma_max)
@@ -554,12 +613,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                      seed=args.seed)
             finally:
                 model.train()
-        state.validation_history.append({"step": step, "loss": loss})
-        accelerator.log({"val/loss": loss, "entropy/buffer": len(estimator)}, step=step)
+        state.validation_history.append({"step": step, "loss": loss, **metrics})
+        accelerator.log({"val/loss": loss, **{f"val/{name}": value for name, value in metrics.items()},
+                         **({} if is_ar else {"entropy/buffer": len(estimator)})}, step=step)
         if accelerator.is_main_process:
             if texts:
                 reporting.log_texts(accelerator, texts, step, output_dir)
-            logger.info(f"step {step}: EMA validation loss {loss:.4f}" + (f" | {texts[0][:120]!r}" if texts else ""))
+            likelihood_text = "".join(f", {name} {metrics[name]:.4g}" for name in ("vlb_bpd", "vlb_bpd_stderr",
+                                      "bits_per_token", "ppl_bound", "ppl") if name in metrics)
+            logger.info(f"step {step}: EMA validation loss {loss:.4f}{likelihood_text}"
+                        + (f" | {texts[0][:120]!r}" if texts else ""))
         accelerator.wait_for_everyone()
 
     def weights_and_shadows():
@@ -581,14 +644,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             with accelerator.accumulate(model):
                 # a NaN or an inf in the model input, the self-conditioning estimate or the loss stops every rank here
                 monitor = NonFiniteMonitor()
-                x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=sigma_sampler,
-                                                step=step, tables=estimator.tables, generator=generator,
-                                                self_conditioning_prob=args.self_conditioning_prob, monitor=monitor)
+                if is_ar:  # next-token cross-entropy on the same rows, each read after the start token
+                    logits = model(input_ids=autoregressive.causal_lm_inputs(ids, unwrapped.config.bos_token_id)).logits
+                else:
+                    x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token,
+                                                    sigma_sampler=sigma_sampler, step=step, tables=estimator.tables,
+                                                    generator=generator,
+                                                    self_conditioning_prob=args.self_conditioning_prob,
+                                                    monitor=monitor)
                 if args.debug_nan_loss_at_step is not None and step == args.debug_nan_loss_at_step:
                     logits = logits * float("nan")
                 monitor.observe("loss", logits)
                 monitor.check(accelerator, state, last_checkpoint)
-                loss, mse = bitstream_loss(logits, x0, sigma, loss_type=args.loss_type, weighting=args.loss_weighting)
+                if is_ar:
+                    loss = autoregressive.next_token_loss(logits, ids)
+                else:
+                    loss, mse = bitstream_loss(logits, x0, sigma, loss_type=args.loss_type,
+                                               weighting=args.loss_weighting)
                 check_finite("loss", loss, state, last_checkpoint)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -600,9 +672,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
 
             # every micro-batch: the estimator gets this batch's samples from every rank
-            estimator.update(sigma, mse.detach())
-            if not gather_check:  # recorded once, for the summary: the buffer holds every rank's rows
-                gather_check = reporting.check_gathered_rows(accelerator, estimator, sigma)
+            if not is_ar:
+                estimator.update(sigma, mse.detach())
+                if not gather_check:  # recorded once, for the summary: the buffer holds every rank's rows
+                    gather_check = reporting.check_gathered_rows(accelerator, estimator, sigma)
             state.batches_in_epoch += 1
             state.micro_batches += 1
             state.tokens_seen += int(ids.numel()) * world
@@ -621,7 +694,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             if global_step % args.logging_steps == 0 or global_step == max_train_steps:
                 logs = {"train/loss": running_loss / max(running_count, 1), "train/lr": lr_scheduler.get_last_lr()[0],
                         "train/grad_norm": float(grad_norm), "train/epoch": state.epoch,
-                        "entropy/gamma": sigma_sampler.gamma(global_step - 1), "train/tokens_seen": state.tokens_seen}
+                        "train/tokens_seen": state.tokens_seen}
+                if not is_ar:
+                    logs["entropy/gamma"] = sigma_sampler.gamma(global_step - 1)
                 bar.set_postfix(loss=f"{logs['train/loss']:.4f}", lr=f"{logs['train/lr']:.2e}")
                 accelerator.log(logs, step=global_step)
                 running_loss, running_count = 0.0, 0
@@ -645,9 +720,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise
     bar.close()
 
-    # 4. export: EMA weights + scheduler with the learned entropy table + tokenizer(s) + codec
-    table_source = "learned"
-    if estimator.tables is None and not estimator.refresh(state.global_step):
+    # 4. export: EMA weights + scheduler with the learned entropy table + tokenizer(s) + codec (AR: a transformers
+    #    causal-LM folder with the tokenizer(s) and the codec); both folders carry the training record
+    table_source = None if is_ar else "learned"
+    if not is_ar and estimator.tables is None and not estimator.refresh(state.global_step):
         table_source = "lognormal-prior"
         logger.warning("The entropy estimator never reached its gate (num_bins * min_per_bin samples); the exported "
                        "scheduler carries the warm-up log-normal instead of a learned table.")
@@ -655,21 +731,45 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     summary = reporting.run_summary(state, estimator, status="completed", started=started,
                                     last_checkpoint=last_checkpoint, gather_check=gather_check)
     summary["entropy_table_source"] = table_source
-    export_dir = Path(args.export_dir) if args.export_dir else output_dir / "pipeline"
-    card = export.model_card(output_dir.name, recipe=args.data_recipe, dataset=args.dataset_name or "local files",
-                             global_step=state.global_step, validation_loss=summary["final_validation_loss"])
-    gamma = EntropyRateScheduler.gamma_from_paper(0.2, 256) if args.scheduler_gamma is None else args.scheduler_gamma
-    exported = export.export_pipeline(
-        accelerator, model, ema, export_dir, tables=tables, tokenizer=tokenizer, code_tokenizer=hf_code_tokenizer,
-        codec=codec, gamma=gamma, sigma_min=args.sigma_min, sigma_max=args.sigma_max, model_card=card,
-        training_config=reporting.plain_args(args),
-    )
+    export_dir = Path(args.export_dir) if args.export_dir else output_dir / ("model" if is_ar else "pipeline")
+    dataset = args.dataset_name or "local files"
+    record = autoregressive_export.folder_summary(
+        model_type=args.model_type, state=state, num_parameters=sum(p.numel() for p in unwrapped.parameters()),
+        sdt_num_parameters=autoregressive.sdt_num_parameters(config), data_recipe=args.data_recipe, dataset=dataset,
+        num_tokens=num_tokens)
+    if is_ar:
+        card = autoregressive_export.model_card(
+            output_dir.name, recipe=args.data_recipe, dataset=dataset, global_step=state.global_step,
+            train_tokens=record["train_tokens"], num_parameters=record["num_parameters"],
+            sdt_num_parameters=record["sdt_num_parameters"], validation=record["final_validation"])
+        exported = autoregressive_export.export_causal_lm(
+            accelerator, model, ema, export_dir, tokenizer=tokenizer, num_tokens=num_tokens, model_card=card,
+            training_config=reporting.plain_args(args), folder_summary=record)
+    else:
+        card = export.model_card(output_dir.name, recipe=args.data_recipe, dataset=dataset,
+                                 global_step=state.global_step, validation_loss=summary["final_validation_loss"])
+        gamma = args.scheduler_gamma
+        gamma = EntropyRateScheduler.gamma_from_paper(0.2, 256) if gamma is None else gamma
+        exported = export.export_pipeline(
+            accelerator, model, ema, export_dir, tables=tables, tokenizer=tokenizer,
+            code_tokenizer=hf_code_tokenizer, codec=codec, gamma=gamma, sigma_min=args.sigma_min,
+            sigma_max=args.sigma_max, model_card=card, training_config=reporting.plain_args(args),
+        )
+        if exported is not None:
+            write_json_atomic(exported / autoregressive_export.FOLDER_SUMMARY_FILE, record)
     samples_by_rank = accelerator.gather(torch.tensor([state.micro_batches * args.train_batch_size],
                                                       device=accelerator.device)).cpu().tolist()
     summary["estimator"]["local_train_samples_by_rank"] = samples_by_rank
     if accelerator.is_main_process:
         summary["export_dir"] = str(exported)
-        if args.generate_after_export > 0:  # the folder as a user loads it
+        if args.generate_after_export > 0 and is_ar:  # the folder as a user loads it
+            folder = autoregressive_export.load_causal_lm_folder(exported)
+            texts, nfe = autoregressive_export.generate_texts(folder.model, folder.codec, args.generate_after_export,
+                                                              start_token_id=folder.start_token_id, seed=args.seed)
+            summary["generated_after_export"] = texts
+            print(f"\nGenerated by AutoModelForCausalLM.from_pretrained({str(exported)!r}) (nfe={nfe}):")
+            print("\n".join(f"[{i}] {text}" for i, text in enumerate(texts)))
+        elif args.generate_after_export > 0:  # the folder as a user loads it
             texts, nfe = export.generate_texts(BitstreamDiffusionPipeline.from_pretrained(str(exported)),
                                                args.generate_after_export, seed=args.seed,
                                                num_inference_steps=args.validation_inference_steps)
