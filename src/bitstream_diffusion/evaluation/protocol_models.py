@@ -8,7 +8,7 @@ tokenizer) makes an autoregressive model (:class:`CausalLMProtocolModel`). Both 
 * ``kind`` (``"cobit"`` / ``"ar"``), ``folder``, ``fingerprint`` (:func:`~.generation.fingerprint_folder`),
   ``num_parameters`` (distinct parameters of the network), ``train_tokens`` and ``num_tokens`` (tokens per row);
 * ``text_rules``: the decoding, token-entropy and reference-packing rules (a :class:`~bitstream_diffusion.
-  TextBitCodec`, or :class:`~.causal_lm_text.GPT2WindowRules`);
+  TextBitCodec`, or :class:`~bitstream_diffusion.codecs.causal_lm_rows.GPT2WindowCodec`);
 * :meth:`resolve_specs` and :meth:`generate` (one batch of samples, each sample from its own generator);
 * ``likelihood`` (``"bound"``: the CoBit variational bound; ``"exact"``: the AR model's exact NLL) and
   :meth:`likelihood_per_row` (the per-row numbers of a run of whole batches, see :mod:`.protocol_likelihood`).

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from ..codecs.causal_lm_rows import causal_lm_start_token_id
+
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -189,22 +191,6 @@ def build_causal_lm(config: LlamaConfig) -> LlamaForCausalLM:
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM(config)
-
-
-def causal_lm_start_token_id(tokenizer) -> int:
-    """The token every row is read after: the tokenizer's BOS, else its CLS, else its EOS (``[CLS]`` for
-    bert-base-uncased, ``<|endoftext|>`` for GPT-2). It is not part of the rows: the model reads ``[start] + row[:-1]``
-    and predicts ``row``, so generation from it gives whole rows.
-
-    Raises:
-        ValueError: the tokenizer has none of the three.
-    """
-    for name in ("bos_token_id", "cls_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    raise ValueError("The tokenizer has no BOS, CLS or EOS token to start the rows with; set `tokenizer.bos_token` "
-                     "before training the autoregressive baseline.")
 
 
 def causal_lm_token_ids(tokenizer) -> dict[str, Any]:

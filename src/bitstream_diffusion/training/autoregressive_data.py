@@ -7,7 +7,8 @@ For ``owt`` CoBit's rows are codes of a second-stage tokenizer, each the re-codi
 ``[EOS] + 1022 stream tokens + [EOS]``. A language model over GPT-2 tokens is the standard OWT baseline, so the
 autoregressive rows are those windows themselves (:class:`GPT2WindowRows`, read from the cached flat GPT-2 stream
 without a copy): the same text per row, the GPT-2 vocabulary, no code tokenizer. They decode as the OWT codec's
-GPT-2 side does (:class:`GPT2WindowCodec`: one leading and one trailing EOS stripped, inner EOS kept).
+GPT-2 side does (:class:`~bitstream_diffusion.codecs.causal_lm_rows.GPT2WindowCodec`: one leading and one trailing
+EOS stripped, inner EOS kept).
 
 :func:`ar_row_codec` gives the decoding rules of a recipe; the exported folder records the recipe, so the rules are
 rebuilt from the folder alone.
@@ -15,7 +16,6 @@ rebuilt from the folder alone.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..codecs import TextBitCodec
+from ..codecs.causal_lm_rows import GPT2WindowCodec, causal_lm_row_codec
 from .token_cache import EmptyCorpusError, TokenRows, prepare_owt_flat_stream
 
 if TYPE_CHECKING:
@@ -96,40 +97,6 @@ def prepare_gpt2_windows(
     return GPT2WindowRows(flat, recipe.base_seq_len, tokenizer.eos_token_id)
 
 
-class GPT2WindowCodec:
-    """How a row of GPT-2 window ids becomes text: one leading and one trailing EOS stripped, inner EOS (document
-    boundaries) kept, special tokens kept as text. Offers the attributes of a codec the training script uses.
-
-    Args:
-        tokenizer: the GPT-2 tokenizer.
-        num_tokens: tokens per row (the window length).
-    """
-
-    layout = "owt"
-
-    def __init__(self, tokenizer, num_tokens: int):
-        self.tokenizer = tokenizer
-        self.num_tokens = int(num_tokens)
-        self.vocab_size = len(tokenizer)
-        self.bits_per_token = math.ceil(math.log2(self.vocab_size))  # only reported: the baseline sees no bits
-        self.eos_token_id = int(tokenizer.eos_token_id)
-
-    def decode_ids(self, ids: torch.Tensor) -> list[str]:
-        """``[B, T]`` ids -> ``B`` texts (ids outside the vocabulary are dropped)."""
-        rows = []
-        for row in ids.tolist():
-            row = [int(i) for i in row if 0 <= int(i) < self.vocab_size]
-            row = row[1:] if row and row[0] == self.eos_token_id else row
-            rows.append(row[:-1] if row and row[-1] == self.eos_token_id else row)
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=False)
-
-
 def ar_row_codec(recipe: str, tokenizer, num_tokens: int) -> TextBitCodec | GPT2WindowCodec:
     """The decoding rules of the baseline's rows for ``recipe`` (``"lm1b"``, ``"owt"`` or ``"generic"``)."""
-    if recipe == "owt":
-        return GPT2WindowCodec(tokenizer, num_tokens)
-    if recipe == "lm1b":
-        return TextBitCodec(tokenizer, layout="lm1b", num_tokens=num_tokens, clean_up_tokenization_spaces=False)
-    if recipe == "generic":
-        return TextBitCodec(tokenizer, layout="generic", num_tokens=num_tokens)
-    raise ValueError(f"Unknown data recipe {recipe!r}; choose 'lm1b', 'owt' or 'generic'.")
+    return causal_lm_row_codec(recipe, tokenizer, num_tokens)
