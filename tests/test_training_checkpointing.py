@@ -338,3 +338,20 @@ def test_a_training_state_must_fit_the_run_that_resumes_it():
         state.check_fits_run(max_train_steps=40, batches_per_epoch=30, checkpoint_step=30, source="s.json")
     with pytest.raises(ValueError, match="'batches_in_epoch' is 5, but an epoch of this run has 4 batches"):
         state.check_fits_run(max_train_steps=40, batches_per_epoch=4, checkpoint_step=None, source="s.json")
+
+
+def test_stopping_a_validation_early_releases_accelerates_loader():
+    """A validation capped at `max_batches` must end its loader's iteration: a prepared loader left mid-way stays
+    accelerate's active loader, whose end-of-data flag then drives the training loop's gradient synchronisation."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from bitstream_diffusion.training.objective import first_batches
+
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(torch.arange(10), batch_size=2))
+    seen = [int(batch[0]) for _, batch in first_batches(loader, 2)]
+    assert seen == [0, 2]
+    assert accelerator.gradient_state.active_dataloader is None
+    assert [int(batch[0]) for _, batch in first_batches(loader, None)] == [0, 2, 4, 6, 8]

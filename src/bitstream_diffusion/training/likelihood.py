@@ -16,14 +16,13 @@ all ``L`` tokens of each row.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..codecs import ids_to_bits
 from .autoregressive import causal_lm_inputs, next_token_nll
-from .objective import step_seed
+from .objective import first_batches, step_seed
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -35,19 +34,6 @@ VLB_STREAM = 0x0B0D_5EED  # the bound's draws: a stream of their own, apart from
 
 _LN2 = math.log(2.0)
 _AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
-
-
-def _first_batches(dataloader: DataLoader, max_batches: int | None) -> Iterator[tuple[int, Any]]:
-    """``(index, batch)`` for the first ``max_batches`` batches. Stopping early, it tells an accelerate loader that
-    its iteration ended: a loader left mid-way stays accelerate's "active" loader, whose end-of-data flag then
-    decides the gradient synchronisation of the training loop (and ``gather_for_metrics``'s de-duplication)."""
-    for index, batch in enumerate(dataloader):
-        if max_batches is not None and index >= max_batches:
-            end = getattr(dataloader, "end", None)
-            if end is not None:
-                end()
-            return
-        yield index, batch
 
 
 def _power_of_two(exponent: float) -> float:
@@ -90,7 +76,7 @@ def validation_vlb(
     autocast = _AUTOCAST.get(str(accelerator.mixed_precision))
     generator = torch.Generator(device=accelerator.device)
     rows = []
-    for index, ids in _first_batches(dataloader, num_batches):
+    for index, ids in first_batches(dataloader, num_batches):
         generator.manual_seed(step_seed(seed, VLB_STREAM, accelerator.process_index, index))
         bits = ids_to_bits(ids, bits_per_token, dtype=torch.float32)
         out = compute_vlb(network, bits, batch_size=bits.shape[0], num_mc_samples=num_mc_samples,
@@ -128,7 +114,7 @@ def validation_perplexity(
         ``{"loss": nats per token, "bits_per_token": loss / ln 2, "ppl": exp(loss), "num_scored_tokens": N * L}``.
     """
     total, count = 0.0, 0
-    for _, ids in _first_batches(dataloader, max_batches):
+    for _, ids in first_batches(dataloader, max_batches):
         logits = model(input_ids=causal_lm_inputs(ids, start_token_id)).logits
         nll = accelerator.gather_for_metrics(next_token_nll(logits, ids))
         total += float(nll.double().sum())

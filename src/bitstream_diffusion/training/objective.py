@@ -10,7 +10,8 @@ draws), the noise ``[B, S]``, the self-conditioning coin.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
     from .entropy_rate import EntropyRateEstimator
     from .sigma_sampling import TrainingSigmaSampler
 
-__all__ = ["TRAIN_STREAM", "VALIDATION_STREAM", "noisy_batch", "per_example_loss", "step_seed", "validation_loss"]
+__all__ = [
+    "TRAIN_STREAM",
+    "VALIDATION_STREAM",
+    "first_batches",
+    "noisy_batch",
+    "per_example_loss",
+    "step_seed",
+    "validation_loss",
+]
 
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 0x5EED_0FF5  # the validation draws use their own stream, never the training one
@@ -106,6 +115,19 @@ def per_example_loss(
     return weight * bce, mse
 
 
+def first_batches(dataloader: DataLoader, max_batches: int | None) -> Iterator[tuple[int, Any]]:
+    """``(index, batch)`` for the first ``max_batches`` batches. Stopping early, it tells an accelerate loader that
+    its iteration ended: a loader left mid-way stays accelerate's "active" loader, whose end-of-data flag then
+    decides the gradient synchronisation of the training loop (and ``gather_for_metrics``'s de-duplication)."""
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            end = getattr(dataloader, "end", None)
+            if end is not None:
+                end()
+            return
+        yield index, batch
+
+
 @torch.no_grad()
 def validation_loss(
     accelerator: Accelerator,
@@ -130,9 +152,7 @@ def validation_loss(
     """
     generator = torch.Generator(device=accelerator.device)
     total, count = 0.0, 0
-    for index, ids in enumerate(dataloader):
-        if max_batches is not None and index >= max_batches:
-            break
+    for index, ids in first_batches(dataloader, max_batches):
         generator.manual_seed(step_seed(seed, VALIDATION_STREAM, accelerator.process_index, index))
         monitor = NonFiniteMonitor()
         x0, sigma, logits = noisy_batch(model, ids, bits_per_token=bits_per_token, sigma_sampler=reference_sampler,
