@@ -233,6 +233,7 @@ def test_start_up_finishes_a_complete_interrupted_save_instead_of_deleting_it(ac
         ({"batches_in_epoch": 99}, "'batches_in_epoch' \\(99\\) exceeds micro_batches"),
         ({"validation_history": [{"step": 7, "loss": 0.1}]}, "entry 0 has step 7 outside"),
         ({"validation_history": [{"step": 1, "loss": "low"}]}, "entry 0 has loss 'low', not a finite number"),
+        ({"validation_history": [{"step": 1, "loss": 0.1, "vlb_bpd": "low"}]}, "metric 'vlb_bpd' = 'low', not a"),
     ],
 )
 def test_an_invalid_training_state_field_is_named_with_its_file(accelerate_run, tmp_path, fields, message):

@@ -57,7 +57,7 @@ def _fake_checkpoint(output_dir: Path, step: int, complete: bool = True) -> Path
 
 def test_training_state_round_trip_and_clear_errors(tmp_path):
     state = TrainingState(global_step=7, epoch=1, batches_in_epoch=3, micro_batches=14, tokens_seen=448,
-                          validation_history=[{"step": 5, "loss": 0.25}])
+                          validation_history=[{"step": 5, "loss": 0.25, "vlb_bpd": 0.74, "vlb_rows": 256}])
     state.save(tmp_path / "state.json")
     assert json.loads((tmp_path / "state.json").read_text()) == state.to_dict()
     assert TrainingState.load(tmp_path / "state.json") == state

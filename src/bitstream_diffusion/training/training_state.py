@@ -44,7 +44,9 @@ class TrainingState:
         batches_in_epoch: micro-batches of ``epoch`` already consumed (a resumed run skips them).
         micro_batches: micro-batches done in total (the per-micro-batch random seeds are indexed by it).
         tokens_seen: training tokens consumed, all processes together.
-        validation_history: ``[{"step": int, "loss": float}, ...]``, one entry per validation.
+        validation_history: ``[{"step": int, "loss": float, <metric>: number, ...}, ...]``, one entry per
+            validation; besides the loss an entry may carry the validation's other numbers (the bound in bits per
+            dimension, the baseline's bits per token, ...).
     """
 
     global_step: int = 0
@@ -93,8 +95,12 @@ class TrainingState:
         if not isinstance(history, list):
             raise bad("validation_history", f"must be a list, got {type(history).__name__}")
         for index, entry in enumerate(history):
-            if not isinstance(entry, dict) or set(entry) != {"step", "loss"}:
-                raise bad("validation_history", f"entry {index} must be {{'step': int, 'loss': float}}, got {entry!r}")
+            if not isinstance(entry, dict) or not {"step", "loss"} <= set(entry):
+                raise bad("validation_history", f"entry {index} must be {{'step': int, 'loss': float, ...}}, got {entry!r}")
+            extra = {key: value for key, value in entry.items() if key not in ("step", "loss")}
+            for key, value in extra.items():
+                if not isinstance(key, str) or not _is_number(value):
+                    raise bad("validation_history", f"entry {index} has metric {key!r} = {value!r}, not a number")
             step, loss = entry["step"], entry["loss"]
             if not _is_int(step) or not 0 <= step <= data["global_step"]:
                 raise bad("validation_history", f"entry {index} has step {step!r} outside [0, global_step]")
