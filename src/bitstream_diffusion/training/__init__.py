@@ -58,14 +58,14 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "EntropyRateEstimator": ".entropy_rate",
     "EntropyTarget": ".entropy_rate",
     "lognormal_fit": ".entropy_rate",
-    "TABLE_NAMES": ".entropy_tables",
-    "check_entropy_tables": ".entropy_tables",
-    "edges_from_midpoints": ".entropy_tables",
-    "load_entropy_tables": ".entropy_tables",
-    "lognormal_prior_tables": ".entropy_tables",
-    "save_entropy_tables": ".entropy_tables",
-    "tables_from_config": ".entropy_tables",
-    "tables_to_config": ".entropy_tables",
+    "TABLE_NAMES": "..schedulers.entropy_tables",
+    "check_entropy_tables": "..schedulers.entropy_tables",
+    "edges_from_midpoints": "..schedulers.entropy_tables",
+    "load_entropy_tables": "..schedulers.entropy_tables",
+    "lognormal_prior_tables": "..schedulers.entropy_tables",
+    "save_entropy_tables": "..schedulers.entropy_tables",
+    "tables_from_config": "..schedulers.entropy_tables",
+    "tables_to_config": "..schedulers.entropy_tables",
     "LossType": ".loss",
     "LossWeighting": ".loss",
     "bitstream_loss": ".loss",
@@ -135,6 +135,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ..schedulers.entropy_tables import (
+        TABLE_NAMES,
+        check_entropy_tables,
+        edges_from_midpoints,
+        load_entropy_tables,
+        lognormal_prior_tables,
+        save_entropy_tables,
+        tables_from_config,
+        tables_to_config,
+    )
     from .checkpoint_files import CheckpointError
     from .checkpointing import TrainingState
     from .config_file import load_config_file, parse_args_with_config, str2bool
@@ -158,16 +168,6 @@ if TYPE_CHECKING:
         nonfinite_logits,
     )
     from .entropy_rate import EntropyRateEstimator, EntropyTarget, lognormal_fit
-    from .entropy_tables import (
-        TABLE_NAMES,
-        check_entropy_tables,
-        edges_from_midpoints,
-        load_entropy_tables,
-        lognormal_prior_tables,
-        save_entropy_tables,
-        tables_from_config,
-        tables_to_config,
-    )
     from .loss import LossType, LossWeighting, bitstream_loss, loss_weight
     from .objective import noisy_batch, per_example_loss, step_seed, validation_loss
     from .optim import ExponentialMovingAverage

@@ -23,9 +23,9 @@ import yaml
 
 from ..modeling.modeling_sdt import SDTModel
 from ..pipelines.pipeline_bitstream_diffusion import BitstreamDiffusionPipeline
+from ..schedulers.entropy_tables import save_entropy_tables, tables_to_config
 from ..schedulers.scheduling_entropy_rate import EntropyRateScheduler
 from ..utils.atomic_io import staged_directory, write_text_atomic
-from .entropy_tables import save_entropy_tables, tables_to_config
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -96,7 +96,8 @@ class TrainingState:
             raise bad("validation_history", f"must be a list, got {type(history).__name__}")
         for index, entry in enumerate(history):
             if not isinstance(entry, dict) or not {"step", "loss"} <= set(entry):
-                raise bad("validation_history", f"entry {index} must be {{'step': int, 'loss': float, ...}}, got {entry!r}")
+                want = "{'step': int, 'loss': float, ...}"
+                raise bad("validation_history", f"entry {index} must be {want}, got {entry!r}")
             extra = {key: value for key, value in entry.items() if key not in ("step", "loss")}
             for key, value in extra.items():
                 if not isinstance(key, str) or not _is_number(value):
