@@ -347,6 +347,24 @@ def test_rejects_broken_tables(lm1b_tables, name, edit, match):
         EntropyRateScheduler(**_broken(lm1b_tables, name, edit))
 
 
+def test_rejects_a_single_bin_table(lm1b_tables):
+    one_bin = {"entropy_pdf": [1.0], "entropy_cdf": [1.0], "entropy_sigmas": [1.0], "entropy_edges": [0.5, 2.0]}
+    with pytest.raises(ValueError, match="K >= 2"):
+        EntropyRateScheduler(**{**lm1b_tables, **one_bin})
+
+
+def test_a_string_in_scheduler_config_json_names_the_field_and_the_file(lm1b_tables, tmp_path):
+    """A hand-edited file with a quoted number is refused on load, not carried into the grid as a string."""
+    EntropyRateScheduler(**lm1b_tables).save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["sigma_max"] = "80.0"
+    path.write_text(json.dumps(config))
+    message = r"Invalid scheduler config .*scheduler_config\.json: `sigma_max` must be a finite number, got '80\.0'"
+    with pytest.raises(ValueError, match=message):
+        EntropyRateScheduler.from_pretrained(tmp_path)
+
+
 def test_rejects_swapped_and_partial_tables(lm1b_tables, entropy_tables_dir, tmp_path):
     swapped = {**lm1b_tables, "entropy_pdf": lm1b_tables["entropy_cdf"], "entropy_cdf": lm1b_tables["entropy_pdf"]}
     with pytest.raises(ValueError):

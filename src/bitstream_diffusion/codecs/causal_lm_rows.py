@@ -10,9 +10,10 @@ and the evaluation protocol (`bitstream_diffusion.evaluation.causal_lm_text`) bo
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from .text_codec import TextBitCodec
+if TYPE_CHECKING:
+    from .text_codec import TextBitCodec
 
 __all__ = ["CAUSAL_LM_LAYOUTS", "GPT2WindowCodec", "causal_lm_row_codec", "causal_lm_start_token_id"]
 
@@ -87,6 +88,8 @@ def causal_lm_row_codec(
 ) -> TextBitCodec | GPT2WindowCodec:
     """The decoding rules of a baseline's rows: the LM1B codec (BERT rows, special tokens kept), the GPT-2 window
     rules, or the generic codec."""
+    from .text_codec import TextBitCodec  # loads torch: only when a codec is built, not when the rules are imported
+
     if layout == "owt":
         return GPT2WindowCodec(tokenizer, num_tokens)
     if layout == "lm1b":

@@ -5,7 +5,7 @@
 
 What a diffusers user or a generic loop expects of any scheduler (compare `EDMEulerScheduler` and
 `HeunDiscreteScheduler`): `scale_model_input`, `add_noise`, `order`, `begin_index` / `set_begin_index`, `len()`, a
-readable `repr`, and configs saved under older key names that still load.
+readable `repr`, configs saved under older key names that still load, and load errors that name the file.
 """
 
 from __future__ import annotations
@@ -47,6 +47,17 @@ class SchedulerConventionsMixin:
     def extract_init_dict(cls, config_dict, **kwargs):
         # Configs saved before a key was renamed (`sigma_schedule`) load under the new name, without a warning.
         return super().extract_init_dict(upgrade_config(config_dict), **upgrade_config(kwargs))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: str | None = None, **kwargs):
+        """diffusers' `SchedulerMixin.from_pretrained`, with an invalid value named together with the file it is in
+        (a hand-edited `scheduler_config.json` otherwise gives a message that names the field but not the folder)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except ValueError as error:
+            parts = [str(pretrained_model_name_or_path), subfolder, cls.config_name]
+            where = "/".join(part.rstrip("/") for part in parts if part)
+            raise ValueError(f"Invalid scheduler config {where}: {error}") from error
 
     def __repr__(self) -> str:
         """The config as JSON with each entropy-table list abbreviated (a table is hundreds of floats)."""
