@@ -2,11 +2,12 @@
 """Speed of one `SDTModel` forward call: prints one JSON object.
 
     python benchmarks/bench_model.py [--configs e384-l6 cobit-s-lm1b cobit-s-owt] [--threads 2] [--repeats 5]
-        [--modes eager compiled] [--dtype float32|bfloat16] [--device cpu|cuda]
+        [--modes eager compiled compiled-frozen] [--dtype float32|bfloat16] [--device cpu|cuda]
 
 For each configuration the model gets random weights (the zero-initialised adaLN layers too, so no branch is the
 identity) and is called on random noisy bits with `self_cond` set, as in sampling. Reported per configuration and
-mode (`eager`, `compiled` = `model.compile(fullgraph=True, dynamic=False)`, inductor):
+mode (`eager`, `compiled` = `model.compile(fullgraph=True, dynamic=False)`, inductor; `compiled-frozen` = the same
+compiled with inductor's weight freezing, as `TORCHINDUCTOR_FREEZING=1` does: CPU inference):
 
 * `seconds_min` / `seconds_median`: wall time of one forward call over `--repeats` timed calls (after warm-up). The
   minimum is the figure to compare: on a shared machine, other processes only ever make a call slower.
@@ -42,6 +43,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_sampling import compiling  # noqa: E402
+
 CONFIGS = {
     # name: (preset, overrides, batch size, tokens)
     "e384-l6": (
@@ -56,12 +60,20 @@ CONFIGS = {
 }
 
 
+#: `--modes` -> the keywords of `torch.compile` (None: eager); the first call compiles under `compiling(mode)`.
+COMPILE_OPTIONS: dict[str, dict | None] = {
+    "eager": None,
+    "compiled": dict(fullgraph=True, dynamic=False),
+    "compiled-frozen": dict(fullgraph=True, dynamic=False),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--configs", nargs="+", choices=sorted(CONFIGS), default=["e384-l6", "cobit-s-lm1b", "cobit-s-owt"]
     )
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
+    parser.add_argument("--modes", nargs="+", choices=sorted(COMPILE_OPTIONS), default=["eager", "compiled"])
     parser.add_argument("--batch-size", type=int, default=None, help="override every configuration's batch size")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and inputs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -179,10 +191,10 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, dtype: to
         torch._dynamo.reset()
         entry = {}
         runner = model
-        if mode == "compiled":
-            runner = torch.compile(model, fullgraph=True, dynamic=False)
+        if COMPILE_OPTIONS[mode] is not None:
+            runner = torch.compile(model, **COMPILE_OPTIONS[mode])
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), compiling(mode):
                 runner(*inputs)
             synchronize(device)
             entry["compile_seconds"] = time.perf_counter() - start

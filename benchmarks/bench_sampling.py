@@ -14,7 +14,8 @@ GPT-2 id, the same bit width and row length).
 
 Modes (`--modes`): `eager`; `compiled` = `pipe.model.compile()`; `compiled-fullgraph` =
 `pipe.model.compile(fullgraph=True, dynamic=False)`; `reduce-overhead` = the same with `mode="reduce-overhead"` (CUDA
-graphs; GPU only). Each mode runs `--warmup` untimed pipeline calls (the first one compiles), then `--repeats` timed
+graphs; GPU only); `compiled-frozen` = `compiled-fullgraph` with inductor's weight freezing (`TORCHINDUCTOR_FREEZING=1`;
+CPU inference). Each mode runs `--warmup` untimed pipeline calls (the first one compiles), then `--repeats` timed
 calls with the same seeds in every mode. Reported at the top level:
 
 * `model_gflop_per_call`: FLOPs of one denoiser call (`torch.utils.flop_counter.FlopCounterMode`: matmuls and
@@ -89,7 +90,21 @@ COMPILE_MODES: dict[str, dict | None] = {
     "compiled": {},
     "compiled-fullgraph": dict(fullgraph=True, dynamic=False),
     "reduce-overhead": dict(mode="reduce-overhead", fullgraph=True, dynamic=False),
+    "compiled-frozen": dict(fullgraph=True, dynamic=False),
 }
+#: `--modes` -> inductor settings in force while the first call compiles. `compiled-frozen` is inductor's weight
+#: freezing, what `TORCHINDUCTOR_FREEZING=1` sets for a whole program: the weights become constants of the graph,
+#: prepacked for oneDNN's matrix products on CPU (inference only: weights changed afterwards are not seen).
+#: `torch.compile(options={"freezing": True})` did not take effect in torch 2.13 (the time of `compiled`), so the
+#: setting is patched around the call that compiles.
+INDUCTOR_SETTINGS: dict[str, dict] = {"compiled-frozen": {"freezing": True}}
+
+
+def compiling(mode: str):
+    """The context of the first call in `mode`, the one that compiles (see `INDUCTOR_SETTINGS`)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(INDUCTOR_SETTINGS.get(mode, {}))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,7 +215,8 @@ def measure_mode(pipe, mode: str, run, args: argparse.Namespace, flops_per_call:
     graphs_before = dynamo_graphs()  # the counters outlive `torch._dynamo.reset()`
     synchronize(device)
     start = time.perf_counter()
-    run(args.seed + 1000)
+    with compiling(mode):
+        run(args.seed + 1000)
     synchronize(device)
     first_call = time.perf_counter() - start
     for i in range(1, args.warmup):

@@ -61,7 +61,8 @@ def test_the_sections_have_their_snippets():
     hub = _python_blocks(_section("On the Hub"))
     assert len(hub) == 3 and all(f'repo_id = "{REPO_ID}"' in block for block in hub)
     assert any("bitstream_diffusion" not in block for block in hub)  # the snippet for users without the package
-    assert len(_python_blocks(_section("Generate"))) == 1
+    generate = _python_blocks(_section("Generate"))
+    assert len(generate) == 2 and "freezing = True" in generate[1]  # the snippet, then the CPU fast path
 
 
 @pytest.mark.slow
@@ -87,3 +88,20 @@ def test_generate_snippet_runs_on_a_pipeline_folder(hub_cache, tmp_path):
     result = _run(block, hub_cache, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith(" 255"), result.stdout[-300:]  # the text, then `out.nfe`
+
+
+@pytest.mark.slow
+def test_the_fast_path_snippet_compiles_the_generate_pipeline(hub_cache, tmp_path):
+    """The fast-path snippet of "Generate", run after the snippet itself: the compiled, frozen model samples."""
+    folder = tmp_path / QUICKSTART_FOLDER
+    snapshot = next((hub_cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots").iterdir())
+    shutil.copytree(snapshot, folder)
+    generate, fast_path = _python_blocks(_section("Generate"))
+    check = (
+        "\nbits = pipe(batch_size=2, num_inference_steps=8, output_type='bits',"
+        " generator=torch.Generator().manual_seed(1)).bits"
+        "\nprint('fast path', pipe.model._compiled_call_impl is not None, bits.shape[0])\n"
+    )
+    result = _run(generate + fast_path + check, hub_cache, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("fast path True 2"), result.stdout[-300:]

@@ -86,3 +86,21 @@ def test_inductor_gives_the_eager_bits_without_recompiling(make_pipe):
         # (seen up to 6e-8), never bit-for-bit by promise; the sampled bits above must not move
         torch.testing.assert_close(got.probs, want.probs, rtol=1e-5, atol=1e-6)
     assert torch.equal(again.probs, compiled[0].probs)  # the compiled graph is deterministic run to run
+
+
+def test_weight_freezing_gives_the_eager_bits(make_pipe):
+    """The README's CPU fast path, inductor's weight freezing (`TORCHINDUCTOR_FREEZING=1`): the weights become graph
+    constants prepacked for oneDNN; the sampled bits stay the eager ones, and the probabilities agree to rounding."""
+    import torch._inductor.config as inductor_config
+
+    pipe = make_pipe(gamma=0.2)
+    kwargs = dict(num_inference_steps=6, return_probs=True, **RUN)
+    eager = pipe(generator=torch.Generator().manual_seed(3), **kwargs)
+    pipe.model.compile(fullgraph=True, dynamic=False)
+    try:
+        with inductor_config.patch(freezing=True):  # in force while the first call compiles
+            frozen = pipe(generator=torch.Generator().manual_seed(3), **kwargs)
+    finally:
+        pipe.model._compiled_call_impl = None
+    assert torch.equal(frozen.bits, eager.bits)
+    torch.testing.assert_close(frozen.probs, eager.probs, rtol=1e-5, atol=1e-6)
