@@ -112,3 +112,24 @@ def tiny_sdt_config():
 def tiny_sdt_factory():
     """`make_tiny_sdt(seed=0, scale=0.1, **config_overrides)`."""
     return make_tiny_sdt
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_factory(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
+    """`make(pipeline_kwargs=None, **scheduler_kwargs)`: a pipeline of a fresh tiny SDT, the official LM1B entropy
+    table (with `scheduler_kwargs`), bert-base-uncased and the LM1B layout, its progress bar off."""
+    from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
+
+    def make(pipeline_kwargs: dict | None = None, **scheduler_kwargs):
+        scheduler = EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", **scheduler_kwargs)
+        pipe = BitstreamDiffusionPipeline(
+            model=tiny_sdt_factory(),
+            scheduler=scheduler,
+            tokenizer=bert_tokenizer,
+            codec_layout="lm1b",
+            **(pipeline_kwargs or {}),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make

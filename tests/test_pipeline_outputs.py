@@ -7,7 +7,6 @@ import pytest
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
 from bitstream_diffusion.pipelines import BitstreamDiffusionPipelineOutput
 
 RUN = dict(batch_size=2, num_inference_steps=4, sequence_length=5)
@@ -19,16 +18,8 @@ def seeded(seed: int) -> torch.Generator:
 
 
 @pytest.fixture(scope="module")
-def pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
-    pipe = BitstreamDiffusionPipeline(
-        model=tiny_sdt_factory(),
-        scheduler=EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", gamma=0.2),
-        tokenizer=bert_tokenizer,
-        codec_layout="lm1b",
-        codec_clean_up_tokenization_spaces=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe_factory):
+    return tiny_pipe_factory(gamma=0.2, pipeline_kwargs=dict(codec_clean_up_tokenization_spaces=False))
 
 
 def same(a, b) -> bool:

@@ -17,16 +17,8 @@ HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
 
 @pytest.fixture
-def make_pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
-    def make(**scheduler_kwargs) -> BitstreamDiffusionPipeline:
-        scheduler = EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", **scheduler_kwargs)
-        pipe = BitstreamDiffusionPipeline(
-            model=tiny_sdt_factory(), scheduler=scheduler, tokenizer=bert_tokenizer, codec_layout="lm1b"
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    return make
+def make_pipe(tiny_pipe_factory):
+    return tiny_pipe_factory
 
 
 @pytest.mark.parametrize("kwargs", [dict(gamma=0.2), dict(gamma=0.2, self_conditioning="refined", solver="heun")])

@@ -18,16 +18,8 @@ SAMPLE = dict(num_inference_steps=3, sequence_length=6)
 
 
 @pytest.fixture(scope="module")
-def pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
-    pipe = BitstreamDiffusionPipeline(
-        model=tiny_sdt_factory(),
-        scheduler=EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", gamma=0.2),
-        tokenizer=bert_tokenizer,
-        codec_layout="lm1b",
-        codec_clean_up_tokenization_spaces=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe_factory):
+    return tiny_pipe_factory(gamma=0.2, pipeline_kwargs=dict(codec_clean_up_tokenization_spaces=False))
 
 
 @pytest.fixture(scope="module")

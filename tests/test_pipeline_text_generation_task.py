@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
+from bitstream_diffusion import BitstreamDiffusionPipeline
 from bitstream_diffusion.pipelines import (
     TASK_NAME,
     BitstreamPipelineFolderConfig,
@@ -27,17 +27,8 @@ SAMPLE = dict(num_inference_steps=4, sequence_length=6)
 
 
 @pytest.fixture(scope="module")
-def pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
-    model = tiny_sdt_factory()
-    pipe = BitstreamDiffusionPipeline(
-        model=model,
-        scheduler=EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", gamma=0.2),
-        tokenizer=bert_tokenizer,
-        codec_layout="lm1b",
-        codec_clean_up_tokenization_spaces=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe_factory):
+    return tiny_pipe_factory(gamma=0.2, pipeline_kwargs=dict(codec_clean_up_tokenization_spaces=False))
 
 
 @pytest.fixture(scope="module")

@@ -9,22 +9,14 @@ import torch
 from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
-from bitstream_diffusion import BitstreamDiffusionPipeline, EntropyRateScheduler
+from bitstream_diffusion import BitstreamDiffusionPipeline
 
 RUN = dict(batch_size=2, sequence_length=6, output_type="bits")
 
 
 @pytest.fixture
-def make_pipe(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
-    def make(**scheduler_kwargs) -> BitstreamDiffusionPipeline:
-        scheduler = EntropyRateScheduler.from_entropy_tables(entropy_tables_dir / "lm1b", **scheduler_kwargs)
-        pipe = BitstreamDiffusionPipeline(
-            model=tiny_sdt_factory(), scheduler=scheduler, tokenizer=bert_tokenizer, codec_layout="lm1b"
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    return make
+def make_pipe(tiny_pipe_factory):
+    return tiny_pipe_factory
 
 
 @pytest.fixture(autouse=True)
