@@ -46,18 +46,15 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-TINY_CONFIG = dict(
-    bits_per_token=15,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=128,
-    content_dim=16,
-    head_hidden_size=32,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sampling import PRESETS  # noqa: E402
+
+#: The tiny model of `bench_sampling.py`, its position table sized per run below.
+TINY_CONFIG = {key: value for key, value in PRESETS["tiny"]["config"].items() if key != "max_position_embeddings"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

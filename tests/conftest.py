@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"):
@@ -133,3 +135,26 @@ def tiny_pipe_factory(entropy_tables_dir, bert_tokenizer, tiny_sdt_factory):
         return pipe
 
     return make
+
+
+@pytest.fixture(scope="session")
+def two_cpu_processes_launch():
+    """`command(*target)`: the `accelerate launch` command line that runs `target` (a script path, or `"-m", module`,
+    then its arguments) in two CPU processes (gloo) on a free port.
+
+    `accelerate launch --cpu --num_processes 2` starts a single process in accelerate 1.15 (its simple launcher needs
+    MPI for more), so the command launches torchrun-style with `--multi_gpu` on a machine without GPUs; the launched
+    code then selects CPU/gloo itself.
+    """
+
+    def command(*target) -> list[str]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *map(str, target),
+        ]  # fmt: skip
+
+    return command

@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -628,15 +627,9 @@ def test_mauve_with_the_offline_smollm2_evaluator(first_run, pipeline_dir, refer
 # ---------------------------------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_same_samples_and_numbers(
-    first_run, pipeline_dir, evaluator_dir, reference_file, tmp_path
+    first_run, pipeline_dir, evaluator_dir, reference_file, tmp_path, two_cpu_processes_launch
 ):
     """``accelerate launch`` with 2 CPU processes: batches, scoring jobs, MAUVE comparisons and likelihood batches
     dealt across processes, identical results (the second process replays the bound's draws of the first batch).
@@ -645,13 +638,10 @@ def test_two_processes_give_the_same_samples_and_numbers(
     ``--device cpu`` starts two gloo processes on CPU.)
     """
     output_dir, _ = first_run
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
+    command = two_cpu_processes_launch(
         "-m", "bitstream_diffusion.evaluation.run_protocol",
         *_argv(pipeline_dir, tmp_path, evaluator_dir, reference_file), *_metric_flags(evaluator_dir),
-    ]  # fmt: skip
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

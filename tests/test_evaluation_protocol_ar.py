@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -288,23 +286,13 @@ def test_gpt2_windows_are_packed_and_decoded_like_the_owt_codec(gpt2_tokenizer, 
     assert causal_lm_text_rules(gpt2_tokenizer, "auto", 16).layout == "generic"  # nothing recorded: generic
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_same_samples_and_exact_perplexity(
-    ar_run, ar_dir, evaluator_dir, reference_file, tmp_path
+    ar_run, ar_dir, evaluator_dir, reference_file, tmp_path, two_cpu_processes_launch
 ):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        "-m", "bitstream_diffusion.evaluation.run_protocol",
-        *_argv(ar_dir, tmp_path, evaluator_dir, reference_file),
-    ]  # fmt: skip
+    command = two_cpu_processes_launch(
+        "-m", "bitstream_diffusion.evaluation.run_protocol", *_argv(ar_dir, tmp_path, evaluator_dir, reference_file)
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -489,25 +488,14 @@ def test_a_save_to_disk_folder_trains_quietly_when_the_libraries_are_silenced(da
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_feed_the_estimator_from_both_ranks(mini_config, data_cache, tmp_path):
-    """``accelerate launch`` with 2 CPU processes (gloo). ``accelerate launch --cpu --num_processes 2`` starts a
-    single process in accelerate 1.15 (its simple launcher needs MPI for more), so the test launches torchrun-style
-    with ``--multi_gpu`` on a machine without GPUs; the script then selects CPU/gloo itself."""
+def test_two_processes_feed_the_estimator_from_both_ranks(mini_config, data_cache, tmp_path, two_cpu_processes_launch):
+    """``accelerate launch`` with 2 CPU processes (gloo); see the ``two_cpu_processes_launch`` fixture."""
     output_dir = tmp_path / "ddp"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(SCRIPT),
-        "--config", str(mini_config), "--data_cache_dir", str(data_cache), "--output_dir", str(output_dir),
-        "--max_train_steps", "6", "--checkpointing_steps", "3", "--validation_steps", "3",
-    ]  # fmt: skip
+    command = two_cpu_processes_launch(
+        SCRIPT, "--config", mini_config, "--data_cache_dir", data_cache, "--output_dir", output_dir,
+        "--max_train_steps", 6, "--checkpointing_steps", 3, "--validation_steps", 3,
+    )  # fmt: skip
     result = subprocess.run(command, env=_env(threads=1), capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-6000:]
     summary = _summary(output_dir)
